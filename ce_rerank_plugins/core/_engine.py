@@ -1,0 +1,131 @@
+"""The scoring engine: one loaded cross-encoder, its tokenizer, and the only code that touches them.
+
+An engine is what the registry shares. All model and tokenizer use happens under one lock (or on
+the micro-batch worker thread, which takes the same lock), so concurrent callers can neither race
+the Rust tokenizer ("Already borrowed") nor see each other's settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ce_rerank_plugins.core._loading import ModelKey, load_cross_encoder, to_precision
+from ce_rerank_plugins.core._microbatch import MicroBatcher, Pair
+from ce_rerank_plugins.core._probe import ProbeAgreement, compare_to_reference, probe_pairs
+from ce_rerank_plugins.core._scores import FloatArray
+
+logger = logging.getLogger(__name__)
+
+#: Minimum Spearman correlation with fp32 on the probe set for a faster path to be kept.
+DEFAULT_MIN_PROBE_SPEARMAN = 0.99
+#: Token budget used when a model declares none (BERT-style models handle 512 positions).
+FALLBACK_MAX_LENGTH = 512
+
+
+class ScoringEngine:
+    """A loaded cross-encoder that scores (text_a, text_b) pairs into raw logits.
+
+    Build one with :func:`build_engine`; share it through the registry.
+    """
+
+    def __init__(self, model: Any, key: ModelKey, *, precision: str, probe: ProbeAgreement | None = None) -> None:
+        self.model = model
+        self.key = key
+        self.precision = precision
+        self.probe = probe
+        self.fallback_reason: str | None = None
+        self.tokenizer = model.tokenizer
+        config = model.config
+        self.num_labels: int = int(model.num_labels)
+        id2label = getattr(config, "id2label", None) or {}
+        self.labels: tuple[str, ...] = tuple(str(id2label.get(i, f"LABEL_{i}")) for i in range(self.num_labels))
+        self.activation_name: str = type(model.activation_fn).__name__
+        declared = key.max_length or model.max_seq_length or FALLBACK_MAX_LENGTH
+        positions = getattr(config, "max_position_embeddings", None) or declared
+        self.max_length: int = int(min(declared, positions))
+        self.pair_special_tokens: int = int(self.tokenizer.num_special_tokens_to_add(pair=True))
+        self.lock = threading.RLock()
+        self.batcher = MicroBatcher(self.score_logits)
+
+    # -- tokenizer helpers ------------------------------------------------------------------
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of ``texts`` without special tokens."""
+        if not texts:
+            return []
+        with self.lock:
+            encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def passage_windows(self, passage: str, budget: int, overlap: int) -> list[str]:
+        """Split ``passage`` into overlapping windows of at most ``budget`` tokens (character slices)."""
+        with self.lock:
+            encoded = self.tokenizer(passage, add_special_tokens=False, truncation=False, return_offsets_mapping=True)
+        offsets = encoded["offset_mapping"]
+        if len(offsets) <= budget:
+            return [passage]
+        step = max(1, budget - overlap)
+        windows = []
+        for start in range(0, len(offsets), step):
+            stop = min(start + budget, len(offsets))
+            windows.append(passage[offsets[start][0] : offsets[stop - 1][1]])
+            if stop == len(offsets):
+                break
+        return windows
+
+    # -- scoring ----------------------------------------------------------------------------
+    def score_logits(self, pairs: Sequence[Pair], batch_size: int) -> FloatArray:
+        """Raw logits of shape ``(len(pairs), num_labels)``, computed in length-sorted batches.
+
+        Passages are truncated to fit ``max_length`` (``only_second``): the query is never cut.
+        """
+        if not pairs:
+            return np.zeros((0, self.num_labels), dtype=np.float32)
+        order = np.argsort([-(len(a) + len(b)) for a, b in pairs], kind="stable")
+        out = np.empty((len(pairs), self.num_labels), dtype=np.float32)
+        processing = {"text": {"truncation": "only_second", "max_length": self.max_length}}
+        with self.lock, torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = [list(pairs[i]) for i in idx]
+                features = self.model.preprocess(batch, processing_kwargs=processing)
+                features = {k: v.to(self.model.device) if torch.is_tensor(v) else v for k, v in features.items()}
+                scores = self.model(features)["scores"]
+                out[idx] = scores.float().reshape(len(idx), -1).cpu().numpy()
+        return out
+
+
+def _probe_logits(engine_model: Any, key: ModelKey, precision: str) -> FloatArray:
+    engine = ScoringEngine(engine_model, key, precision=precision)
+    return engine.score_logits(probe_pairs(), batch_size=16)
+
+
+def build_engine(key: ModelKey, *, min_probe_spearman: float = DEFAULT_MIN_PROBE_SPEARMAN) -> ScoringEngine:
+    """Load the model for ``key`` and prepare its inference path.
+
+    A faster path than fp32 is checked against fp32 on a fixed probe set and replaced by fp32 (with a
+    logged reason, kept in ``engine.fallback_reason``) when it would change rankings.
+    """
+    model = load_cross_encoder(key)
+    if key.precision == "fp32":
+        return ScoringEngine(model, key, precision="fp32")
+    reference = _probe_logits(model, key, "fp32")
+    candidate_model = to_precision(copy.deepcopy(model), key.precision)
+    agreement = compare_to_reference(reference, _probe_logits(candidate_model, key, key.precision))
+    if agreement.acceptable(min_probe_spearman):
+        del model
+        return ScoringEngine(candidate_model, key, precision=key.precision, probe=agreement)
+    reason = (
+        f"{key.precision} changed probe rankings (min Spearman {agreement.min_spearman:.4f} < "
+        f"{min_probe_spearman}, top-1 kept: {agreement.top1_agree}); using fp32 for {key.model!r}"
+    )
+    logger.warning(reason)
+    engine = ScoringEngine(model, key, precision="fp32", probe=agreement)
+    engine.fallback_reason = reason
+    return engine

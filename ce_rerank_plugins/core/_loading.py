@@ -1,0 +1,112 @@
+"""Finding and loading cross-encoder weights, with errors that say what was looked for."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ce_rerank_plugins.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming a local cross-encoder to use when none is given.
+MODEL_ENV_VAR = "CE_RERANK_MODEL"
+#: The cross-encoder used when the Hugging Face Hub is reachable and nothing else is configured.
+HUB_DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """Everything that changes a loaded model's weights or placement; equal keys share one model.
+
+    Attributes:
+        model: Absolute path of a local model directory, or a Hub repository id.
+        revision: Hub revision (branch, tag or commit), None for the default.
+        device: Resolved torch device string (``"cpu"``, ``"cuda"``...).
+        precision: Resolved inference path (``"fp32"`` or ``"bf16"``).
+        max_length: Token budget of one (query, passage) pair.
+        trust_remote_code: Whether custom modelling code from the model repository may run.
+    """
+
+    model: str
+    revision: str | None
+    device: str
+    precision: str
+    max_length: int | None
+    trust_remote_code: bool
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything absolute, relative-dotted, home-based or deeper is a path.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def normalize_model_name(model: str | os.PathLike[str]) -> str:
+    """An absolute path for local models (so two spellings share one key), the id for Hub models."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str) or not model.strip():
+        raise TypeError(f"model must be a non-empty string or path, got {model!r}")
+    path = Path(model).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if _looks_like_path(model):
+        raise ModelLoadError(
+            f"no cross-encoder model directory at {str(path)!r} (resolved from {model!r}). "
+            "Pass the path of a directory saved with CrossEncoder.save(), e.g. "
+            "CrossEncoderReranker('/path/to/model')."
+        )
+    return model
+
+
+def hub_is_offline() -> bool:
+    """True when the user told huggingface_hub not to reach the network."""
+    return any(
+        os.environ.get(var, "").lower() in {"1", "true", "yes"} for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def load_cross_encoder(key: ModelKey) -> Any:
+    """Load the sentence-transformers ``CrossEncoder`` that ``key`` describes, in fp32 on its device.
+
+    Raises:
+        ModelLoadError: The model is neither a readable local directory nor loadable from the Hub.
+    """
+    from sentence_transformers import CrossEncoder
+
+    is_local = Path(key.model).is_dir()
+    try:
+        model = CrossEncoder(
+            key.model,
+            revision=key.revision,
+            device=key.device,
+            max_length=key.max_length,
+            trust_remote_code=key.trust_remote_code,
+            local_files_only=is_local or hub_is_offline(),
+        )
+    except Exception as exc:
+        where = "the local directory" if is_local else "the Hugging Face Hub or its local cache"
+        hint = (
+            "Check that it holds config.json, the weights and the tokenizer files."
+            if is_local
+            else f"If this machine is offline, pass a local model directory instead, or set ${MODEL_ENV_VAR}."
+        )
+        raise ModelLoadError(
+            f"could not load cross-encoder {key.model!r} from {where}: {type(exc).__name__}: {exc}. {hint}"
+        ) from exc
+    model.eval()
+    return model
+
+
+def to_precision(model: Any, precision: str) -> Any:
+    """Cast the model's weights once, at load time (never per call on a shared model)."""
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    elif precision != "fp32":
+        raise ValueError(f"unknown precision {precision!r}")
+    return model

@@ -1,0 +1,421 @@
+"""``CrossEncoderReranker``: score, rank and classify (query, passage) pairs with one shared model."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ce_rerank_plugins.core._cache import CacheInfo, ScoreCache
+from ce_rerank_plugins.core._engine import DEFAULT_MIN_PROBE_SPEARMAN, ScoringEngine, build_engine
+from ce_rerank_plugins.core._hardware import device_has_native_bf16, resolve_device
+from ce_rerank_plugins.core._loading import ModelKey, normalize_model_name
+from ce_rerank_plugins.core._registry import ModelRegistry
+from ce_rerank_plugins.core._scores import (
+    FloatArray,
+    ScoreMode,
+    apply_score_mode,
+    check_finite,
+    resolve_score_mode,
+    validate_score_mode,
+)
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16"]
+_PRECISIONS = ("auto", "fp32", "bf16")
+
+#: The one registry of this process: every reranker with the same ModelKey shares one engine.
+SHARED_MODELS: ModelRegistry[ModelKey, ScoringEngine] = ModelRegistry()
+
+# Async calls run the blocking work here; bounded so a burst of coroutines cannot spawn unbounded threads.
+_ASYNC_EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ce-rerank-async")
+
+
+@dataclass(frozen=True)
+class RankedResult:
+    """One ranked passage: its index in the input (``corpus_id``), its score, and optionally its text."""
+
+    corpus_id: int
+    score: float
+    text: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict shape ``CrossEncoder.rank`` returns (``text`` only when present)."""
+        out: dict[str, Any] = {"corpus_id": self.corpus_id, "score": self.score}
+        if self.text is not None:
+            out["text"] = self.text
+        return out
+
+
+@dataclass(frozen=True)
+class PairClassification:
+    """The predicted label of one pair and the softmax probability of every label."""
+
+    label: str
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+
+def _check_text(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{where} must be a string, got {type(value).__name__} ({value!r:.60})")
+    return value
+
+
+def _check_pairs(pairs: object) -> list[tuple[str, str]]:
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise TypeError(f"pairs must be a list of (text_a, text_b) tuples, got {type(pairs).__name__}")
+    checked = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise TypeError(f"pairs[{i}] must be a (text_a, text_b) pair, got {pair!r:.80}")
+        checked.append((_check_text(pair[0], f"pairs[{i}][0]"), _check_text(pair[1], f"pairs[{i}][1]")))
+    return checked
+
+
+def _check_documents(documents: object) -> list[str]:
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
+        raise TypeError(f"documents must be a list of strings, got {type(documents).__name__}")
+    return [_check_text(doc, f"documents[{i}]") for i, doc in enumerate(documents)]
+
+
+def _check_top_n(top_n: object) -> int | None:
+    if top_n is None:
+        return None
+    if isinstance(top_n, bool) or not isinstance(top_n, int):
+        raise TypeError(f"top_n must be an int or None, got {type(top_n).__name__}")
+    if top_n < 1:
+        raise ValueError(f"top_n must be >= 1 (or None for all), got {top_n}")
+    return top_n
+
+
+class CrossEncoderReranker:
+    """Scores (query, passage) pairs jointly with a sentence-transformers ``CrossEncoder``.
+
+    The model is loaded once per process and shared: two rerankers (or adapters) created with the
+    same model, revision, device, precision and ``max_length`` use one model object, whatever their
+    other settings. Calls are thread-safe; concurrent calls are micro-batched together.
+
+    Args:
+        model: A local model directory or a Hugging Face Hub id.
+        device: ``"auto"`` (cuda, then mps, then cpu) or a torch device string.
+        precision: ``"fp32"``, ``"bf16"``, or ``"auto"`` (bf16 where the hardware computes it natively,
+            kept only if it ranks a probe set like fp32).
+        max_length: Token budget of a (query, passage) pair; the passage is truncated, never the query.
+        batch_size: Pairs per forward pass (16 measured fastest on 2-core CPUs, see the README).
+        score_mode: ``"auto"`` (the model's own activation), ``"logits"``, ``"sigmoid"`` or ``"softmax"``.
+        score_threshold: Drop ranked results scoring below this, stated in ``score_mode``'s space.
+        min_keep: Keep at least this many results even when they fall below ``score_threshold``.
+        rank_label: For classification models, the label (name or index) whose score ranks passages.
+        long_document: Score passages longer than ``max_length`` in overlapping windows, keeping the
+            best window, instead of truncating them.
+        window_overlap: Tokens shared by consecutive windows in long-document mode.
+        cache: A :class:`ScoreCache` (shareable between rerankers) or an int size for a private one.
+        micro_batching: Gather concurrent callers' pairs into shared batches.
+        revision: Hub revision of the model.
+        trust_remote_code: Allow custom modelling code from the model repository (off by default).
+        min_probe_spearman: Agreement with fp32 a faster precision must reach on the probe set.
+
+    Example:
+        >>> reranker = CrossEncoderReranker("path/to/cross-encoder")  # doctest: +SKIP
+        >>> reranker.rank("How many people live in Lyon?", passages, top_n=3)  # doctest: +SKIP
+        [RankedResult(corpus_id=2, score=0.97, text=None), ...]
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        device: str = "auto",
+        precision: Precision = "fp32",
+        max_length: int | None = None,
+        batch_size: int = 16,
+        score_mode: ScoreMode = "auto",
+        score_threshold: float | None = None,
+        min_keep: int = 0,
+        rank_label: str | int | None = None,
+        long_document: bool = False,
+        window_overlap: int = 32,
+        cache: ScoreCache | int | None = None,
+        micro_batching: bool = True,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        min_probe_spearman: float = DEFAULT_MIN_PROBE_SPEARMAN,
+    ) -> None:
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {list(_PRECISIONS)}, got {precision!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
+            raise ValueError(f"max_length must be an integer >= 8 or None, got {max_length!r}")
+        if not isinstance(min_keep, int) or min_keep < 0:
+            raise ValueError(f"min_keep must be a non-negative integer, got {min_keep!r}")
+        if window_overlap < 0:
+            raise ValueError(f"window_overlap must be >= 0, got {window_overlap}")
+        self.score_mode_requested: ScoreMode = validate_score_mode(score_mode)
+        resolved_device = resolve_device(device)
+        if precision == "auto":
+            precision = "bf16" if device_has_native_bf16(resolved_device) else "fp32"
+        self.key = ModelKey(
+            model=normalize_model_name(model),
+            revision=revision,
+            device=resolved_device,
+            precision=precision,
+            max_length=max_length,
+            trust_remote_code=trust_remote_code,
+        )
+        self.engine: ScoringEngine = SHARED_MODELS.get_or_load(
+            self.key, functools.partial(build_engine, min_probe_spearman=min_probe_spearman)
+        )
+        self.batch_size = batch_size
+        self.score_mode: ScoreMode = resolve_score_mode(
+            score_mode, num_labels=self.engine.num_labels, model_activation=self.engine.activation_name
+        )
+        self.score_threshold = None if score_threshold is None else float(score_threshold)
+        self.min_keep = min_keep
+        self.rank_column = self._resolve_rank_column(rank_label)
+        if long_document and self.engine.num_labels != 1:
+            raise ValueError("long_document mode needs a single-score model (num_labels == 1)")
+        self.long_document = long_document
+        self.window_overlap = window_overlap
+        self.cache: ScoreCache | None = ScoreCache(cache) if isinstance(cache, int) else cache
+        self.micro_batching = micro_batching
+        self._warned_truncation = False
+
+    # -- public properties -------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        """The shared sentence-transformers ``CrossEncoder`` (do not move or cast it)."""
+        return self.engine.model
+
+    @property
+    def num_labels(self) -> int:
+        """Number of model outputs: 1 for rerankers, > 1 for pair classifiers."""
+        return self.engine.num_labels
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Label names from the model's ``id2label``."""
+        return self.engine.labels
+
+    @property
+    def precision(self) -> str:
+        """The inference path actually in use (after any probe fallback)."""
+        return self.engine.precision
+
+    def cache_info(self) -> CacheInfo | None:
+        """Hit/miss counters of the score cache, or None without a cache."""
+        return self.cache.info() if self.cache is not None else None
+
+    # -- scoring ------------------------------------------------------------------------------
+    def predict(self, pairs: Sequence[tuple[str, str]], *, score_mode: ScoreMode | None = None) -> FloatArray:
+        """Score pairs, like ``CrossEncoder.predict``.
+
+        Args:
+            pairs: ``(text_a, text_b)`` tuples; the caller's list is not modified.
+            score_mode: Override the reranker's score mode for this call.
+
+        Returns:
+            float32 array of shape ``(n,)`` for single-score models, ``(n, num_labels)`` otherwise.
+        """
+        checked = _check_pairs(pairs)
+        scores = apply_score_mode(self._logits(checked), self._mode(score_mode))
+        return scores[:, 0] if self.num_labels == 1 else scores
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None = None,
+        *,
+        return_documents: bool = False,
+        score_threshold: float | None = None,
+        min_keep: int | None = None,
+        score_mode: ScoreMode | None = None,
+    ) -> list[RankedResult]:
+        """Rank ``documents`` for ``query``, best first, like ``CrossEncoder.rank``.
+
+        Sorting is stable: equal scores keep input order. ``score_threshold`` (in the score mode's
+        space) drops weak results, ``min_keep`` keeps the best few anyway, then ``top_n`` caps the list.
+
+        Returns:
+            ``RankedResult`` items with the input index as ``corpus_id`` and a Python float score.
+            An empty ``documents`` gives an empty list.
+        """
+        _check_text(query, "query")
+        docs = _check_documents(documents)
+        top_n = _check_top_n(top_n)
+        if not docs:
+            return []
+        mode = self._mode(score_mode)
+        scores = apply_score_mode(self._logits([(query, d) for d in docs]), mode)[:, self.rank_column]
+        return self._select(
+            scores,
+            docs if return_documents else None,
+            top_n=top_n,
+            threshold=self.score_threshold if score_threshold is None else score_threshold,
+            min_keep=self.min_keep if min_keep is None else min_keep,
+        )
+
+    def classify(self, pairs: Sequence[tuple[str, str]]) -> list[PairClassification]:
+        """Label each pair with a classification model (``num_labels > 1``), probabilities via softmax."""
+        if self.num_labels == 1:
+            raise ValueError("classify() needs a model with num_labels > 1; use predict() or rank() for rerankers")
+        probs = apply_score_mode(self._logits(_check_pairs(pairs)), "softmax")
+        return [
+            PairClassification(
+                label=self.labels[int(np.argmax(row))],
+                probabilities={label: float(p) for label, p in zip(self.labels, row, strict=True)},
+            )
+            for row in probs
+        ]
+
+    async def apredict(self, pairs: Sequence[tuple[str, str]], *, score_mode: ScoreMode | None = None) -> FloatArray:
+        """Async ``predict``: runs off the event loop, so many can be gathered at once."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            _ASYNC_EXECUTOR, functools.partial(self.predict, pairs, score_mode=score_mode)
+        )
+
+    async def arank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None = None,
+        **kwargs: Any,
+    ) -> list[RankedResult]:
+        """Async ``rank``: runs off the event loop, so many can be gathered at once."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            _ASYNC_EXECUTOR, functools.partial(self.rank, query, documents, top_n, **kwargs)
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+    def _mode(self, score_mode: ScoreMode | None) -> ScoreMode:
+        if score_mode is None:
+            return self.score_mode
+        return resolve_score_mode(
+            validate_score_mode(score_mode),
+            num_labels=self.num_labels,
+            model_activation=self.engine.activation_name,
+        )
+
+    def _resolve_rank_column(self, rank_label: str | int | None) -> int:
+        if self.engine.num_labels == 1:
+            if rank_label not in (None, 0):
+                raise ValueError(f"rank_label={rank_label!r} given, but the model has a single output")
+            return 0
+        if rank_label is None:
+            return -1  # rank() will explain; predict()/classify() still work
+        if isinstance(rank_label, int) and 0 <= rank_label < self.engine.num_labels:
+            return rank_label
+        if isinstance(rank_label, str) and rank_label in self.engine.labels:
+            return self.engine.labels.index(rank_label)
+        raise ValueError(f"rank_label must be one of {list(self.engine.labels)} or an index, got {rank_label!r}")
+
+    def _select(
+        self,
+        scores: FloatArray,
+        texts: list[str] | None,
+        *,
+        top_n: int | None,
+        threshold: float | None,
+        min_keep: int,
+    ) -> list[RankedResult]:
+        if self.rank_column < 0:
+            raise ValueError(
+                f"this model classifies pairs into {list(self.labels)}; pass rank_label=... to rank by one label"
+            )
+        order = np.argsort(-scores, kind="stable")
+        if threshold is not None:
+            passing = int(np.sum(scores[order] >= threshold))
+            order = order[: max(passing, min(min_keep, len(order)))]
+        if top_n is not None:
+            order = order[:top_n]
+        return [RankedResult(int(i), float(scores[i]), texts[int(i)] if texts is not None else None) for i in order]
+
+    def _logits(self, pairs: list[tuple[str, str]]) -> FloatArray:
+        """Raw logits for ``pairs``: duplicates scored once, cache consulted, windows aggregated."""
+        unique: dict[tuple[str, str], int] = {}
+        positions = [unique.setdefault(pair, len(unique)) for pair in pairs]
+        unique_pairs = list(unique)
+        logits = np.zeros((len(unique_pairs), self.num_labels), dtype=np.float32)
+        todo: list[int] = []
+        for i, pair in enumerate(unique_pairs):
+            cached = self.cache.get(self._cache_key(pair)) if self.cache is not None else None
+            if cached is None:
+                todo.append(i)
+            else:
+                logits[i] = cached
+        if todo:
+            fresh = self._score_uncached([unique_pairs[i] for i in todo])
+            check_finite(fresh, len(todo))
+            logits[todo] = fresh
+            if self.cache is not None:
+                for i, row in zip(todo, fresh, strict=True):
+                    self.cache.put(self._cache_key(unique_pairs[i]), row)
+        return logits[positions] if positions else np.zeros((0, self.num_labels), dtype=np.float32)
+
+    def _cache_key(self, pair: tuple[str, str]) -> tuple[Hashable, str, str]:
+        return (self.key, pair[0], pair[1])
+
+    def _score_uncached(self, pairs: list[tuple[str, str]]) -> FloatArray:
+        engine = self.engine
+        queries = sorted({q for q, _ in pairs})
+        query_tokens = dict(zip(queries, engine.token_counts(queries), strict=True))
+        for q, n in query_tokens.items():
+            if n + engine.pair_special_tokens >= engine.max_length:
+                raise ValueError(
+                    f"the query alone has {n} tokens, which leaves no room for a passage within "
+                    f"max_length={engine.max_length}; shorten the query ({q[:60]!r}...) or raise max_length"
+                )
+        passages = [p for _, p in pairs]
+        passage_tokens = engine.token_counts(passages)
+        budgets = [engine.max_length - engine.pair_special_tokens - query_tokens[q] for q, _ in pairs]
+        too_long = [i for i, (n, b) in enumerate(zip(passage_tokens, budgets, strict=True)) if n > b]
+        if not self.long_document:
+            if too_long and not self._warned_truncation:
+                self._warned_truncation = True
+                logger.warning(
+                    "%d of %d passages exceed max_length=%d tokens with their query and were truncated "
+                    "(pass long_document=True to score them in windows instead); warning once",
+                    len(too_long),
+                    len(pairs),
+                    engine.max_length,
+                )
+            return self._run(pairs)
+        # Long-document mode: every passage becomes one or more windows; its score is the best window.
+        expanded: list[tuple[str, str]] = []
+        owner: list[int] = []
+        long_set = set(too_long)
+        for i, (q, p) in enumerate(pairs):
+            windows = (
+                engine.passage_windows(p, budgets[i], min(self.window_overlap, budgets[i] // 2))
+                if i in long_set
+                else [p]
+            )
+            expanded.extend((q, w) for w in windows)
+            owner.extend([i] * len(windows))
+        window_logits = self._run(expanded)
+        check_finite(window_logits, len(expanded))
+        best = np.full((len(pairs), 1), -np.inf, dtype=np.float32)
+        np.maximum.at(best[:, 0], np.asarray(owner), window_logits[:, 0])
+        return best
+
+    def _run(self, pairs: list[tuple[str, str]]) -> FloatArray:
+        if self.micro_batching:
+            return self.engine.batcher.submit(pairs, self.batch_size).result()
+        return self.engine.score_logits(pairs, self.batch_size)
+
+    def __repr__(self) -> str:
+        return (
+            f"CrossEncoderReranker(model={self.key.model!r}, device={self.key.device!r}, "
+            f"precision={self.precision!r}, score_mode={self.score_mode!r})"
+        )

@@ -1,0 +1,23 @@
+"""FAISS bi-encoder retrieval: embedding, indexing, filtering, chunking and safe persistence.
+
+Needs the ``faiss`` extra (``pip install 'ce-rerank-plugins[faiss]'``); imports no LLM framework.
+"""
+
+from __future__ import annotations
+
+from ce_rerank_plugins.retrieval._embedder import DEFAULT_EMBEDDER_ID, Embedder
+from ce_rerank_plugins.retrieval._persistence import FORMAT_VERSION
+from ce_rerank_plugins.retrieval.chunking import Chunk, TokenChunker
+from ce_rerank_plugins.retrieval.faiss_index import Document, FaissIndex, IndexType, SearchHit
+
+__all__ = [
+    "DEFAULT_EMBEDDER_ID",
+    "FORMAT_VERSION",
+    "Chunk",
+    "Document",
+    "Embedder",
+    "FaissIndex",
+    "IndexType",
+    "SearchHit",
+    "TokenChunker",
+]

@@ -1,0 +1,311 @@
+"""``FaissIndex``: chunks embedded by a bi-encoder, searched by inner product (= cosine) in FAISS.
+
+Documents are added and deleted by id without rebuilding (``IndexIDMap2``), filtered by metadata with
+FAISS id selectors (so a filtered search still returns ``k`` hits when ``k`` match), and saved
+without pickle (see :mod:`ce_rerank_plugins.retrieval._persistence`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ce_rerank_plugins._optional import require
+from ce_rerank_plugins.core._scores import FloatArray
+from ce_rerank_plugins.retrieval._embedder import Embedder
+
+logger = logging.getLogger(__name__)
+
+IndexType = Literal["flat", "hnsw", "ivf"]
+_INDEX_TYPES = ("flat", "hnsw", "ivf")
+MetadataFilter = Mapping[str, Any]
+
+
+def _faiss() -> Any:
+    return require("faiss", "faiss", purpose="FaissIndex")
+
+
+@dataclass(frozen=True)
+class Document:
+    """A chunk of text with an id and free-form JSON-serialisable metadata."""
+
+    id: str
+    text: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result: the document, and its cosine similarity to the query."""
+
+    id: str
+    score: float
+    text: str
+    metadata: Mapping[str, Any]
+
+
+def matches(metadata: Mapping[str, Any], where: MetadataFilter) -> bool:
+    """True when every filter key matches: equal value, or membership when the filter value is a list."""
+    for key, wanted in where.items():
+        if key not in metadata:
+            return False
+        value = metadata[key]
+        if isinstance(wanted, (list, tuple, set, frozenset)):
+            if value not in wanted:
+                return False
+        elif value != wanted:
+            return False
+    return True
+
+
+class FaissIndex:
+    """A searchable, persistent collection of documents embedded by a bi-encoder.
+
+    Args:
+        embedder: An :class:`Embedder`, a model name/path, or None for the bundled all-MiniLM-L6-v2.
+        index_type: ``"flat"`` (exact, default), ``"hnsw"`` (graph, fast approximate) or ``"ivf"``
+            (inverted lists, trained on the first batch added).
+        hnsw_m: HNSW graph degree.
+        ef_search: HNSW search breadth (higher = better recall, slower).
+        ef_construction: HNSW build breadth.
+        nlist: IVF list count; None picks ``4 * sqrt(n)`` from the first batch.
+        nprobe: IVF lists visited per query.
+        show_progress: Progress bar while embedding; None shows it above a few hundred chunks.
+
+    Example:
+        >>> index = FaissIndex()  # doctest: +SKIP
+        >>> index.add(["Lyon has 522,000 inhabitants."], metadatas=[{"source": "lyon.txt"}])  # doctest: +SKIP
+        >>> index.search("population of Lyon", k=5)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder | str | os.PathLike[str] | None = None,
+        *,
+        index_type: IndexType = "flat",
+        hnsw_m: int = 32,
+        ef_search: int = 128,
+        ef_construction: int = 200,
+        nlist: int | None = None,
+        nprobe: int = 16,
+        show_progress: bool | None = None,
+    ) -> None:
+        if index_type not in _INDEX_TYPES:
+            raise ValueError(f"index_type must be one of {list(_INDEX_TYPES)}, got {index_type!r}")
+        self.embedder = embedder if isinstance(embedder, Embedder) else Embedder(embedder)
+        self.index_type: IndexType = index_type
+        self.params: dict[str, Any] = {
+            "hnsw_m": hnsw_m,
+            "ef_search": ef_search,
+            "ef_construction": ef_construction,
+            "nlist": nlist,
+            "nprobe": nprobe,
+        }
+        self.show_progress = show_progress
+        self.dimension = self.embedder.dimension
+        self._faiss_index: Any = None if index_type == "ivf" else self._new_index(0)
+        self._docs: dict[int, Document] = {}
+        self._ids: dict[str, int] = {}
+        self._next_id = 0
+        # HNSW cannot remove vectors; deleted ones are masked at search time and dropped on rebuild.
+        self._deleted: set[int] = set()
+
+    # -- construction -------------------------------------------------------------------------
+    def _new_index(self, n_first: int) -> Any:
+        faiss = _faiss()
+        d = self.dimension
+        if self.index_type == "flat":
+            base = faiss.IndexFlatIP(d)
+        elif self.index_type == "hnsw":
+            base = faiss.IndexHNSWFlat(d, self.params["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
+            base.hnsw.efConstruction = self.params["ef_construction"]
+            base.hnsw.efSearch = self.params["ef_search"]
+        else:
+            nlist = self.params["nlist"] or max(1, int(4 * math.sqrt(max(n_first, 1))))
+            if n_first < nlist:
+                raise ValueError(
+                    f"an IVF index with nlist={nlist} must be trained on at least {nlist} vectors, but the first "
+                    f"add() has {n_first}; add more documents at once, lower nlist, or use index_type='flat'"
+                )
+            self.params["nlist"] = nlist
+            quantizer = faiss.IndexFlatIP(d)
+            base = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            base.nprobe = self.params["nprobe"]
+        return faiss.IndexIDMap2(base)
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._ids
+
+    @property
+    def ids(self) -> list[str]:
+        """Document ids in insertion order."""
+        return [doc.id for doc in self._docs.values()]
+
+    def get(self, doc_id: str) -> Document:
+        """The stored document with ``doc_id``; KeyError names unknown ids."""
+        if doc_id not in self._ids:
+            raise KeyError(f"no document with id {doc_id!r} in the index")
+        return self._docs[self._ids[doc_id]]
+
+    # -- adding and deleting ----------------------------------------------------------------
+    def add(
+        self,
+        texts: Sequence[str],
+        *,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[str]:
+        """Embed and add ``texts``; returns their ids (generated as ``"doc-N"`` when not given).
+
+        Raises:
+            ValueError: Duplicate ids (within the call or already indexed) or mismatched lengths.
+            TypeError: A text that is not a string.
+        """
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__}")
+        if ids is not None and len(ids) != len(texts):
+            raise ValueError(f"got {len(ids)} ids for {len(texts)} texts")
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise ValueError(f"got {len(metadatas)} metadatas for {len(texts)} texts")
+        docs = [
+            Document(
+                id=str(ids[i]) if ids is not None else f"doc-{self._next_id + i}",
+                text=text,
+                metadata=dict(metadatas[i]) if metadatas is not None else {},
+            )
+            for i, text in enumerate(texts)
+        ]
+        return self.add_documents(docs)
+
+    def add_documents(self, documents: Iterable[Document]) -> list[str]:
+        """Embed and add ready-made :class:`Document` objects (kept by value, not by reference)."""
+        docs = list(documents)
+        seen: set[str] = set()
+        for doc in docs:
+            if doc.id in self._ids or doc.id in seen:
+                raise ValueError(f"duplicate document id {doc.id!r}: ids must be unique; delete it first to replace it")
+            seen.add(doc.id)
+        if not docs:
+            return []
+        vectors = self.embedder.encode([d.text for d in docs], show_progress=self.show_progress)
+        self._add_vectors(docs, vectors)
+        return [d.id for d in docs]
+
+    def _add_vectors(self, docs: Sequence[Document], vectors: FloatArray) -> None:
+        if vectors.shape != (len(docs), self.dimension):
+            raise ValueError(f"expected vectors of shape {(len(docs), self.dimension)}, got {vectors.shape}")
+        if self._faiss_index is None:
+            self._faiss_index = self._new_index(len(docs))
+            self._faiss_index.train(vectors)
+        int_ids = np.arange(self._next_id, self._next_id + len(docs), dtype=np.int64)
+        self._faiss_index.add_with_ids(vectors, int_ids)
+        for int_id, doc in zip(int_ids.tolist(), docs, strict=True):
+            self._docs[int_id] = Document(doc.id, doc.text, dict(doc.metadata))
+            self._ids[doc.id] = int_id
+        self._next_id += len(docs)
+
+    def delete(self, ids: Iterable[str]) -> None:
+        """Remove documents by id without rebuilding. KeyError names any unknown id (nothing is removed)."""
+        wanted = list(ids)
+        unknown = [i for i in wanted if i not in self._ids]
+        if unknown:
+            raise KeyError(f"cannot delete unknown document ids {unknown[:10]}")
+        int_ids = np.asarray([self._ids.pop(i) for i in wanted], dtype=np.int64)
+        for int_id in int_ids.tolist():
+            del self._docs[int_id]
+        if self.index_type == "hnsw":
+            self._deleted.update(int_ids.tolist())
+        elif len(int_ids):
+            self._faiss_index.remove_ids(int_ids)
+
+    # -- search -------------------------------------------------------------------------------
+    def search(self, query: str, k: int = 10, *, where: MetadataFilter | None = None) -> list[SearchHit]:
+        """The ``k`` documents most similar to ``query`` (fewer if fewer exist or match ``where``)."""
+        return self.search_many([query], k, where=where)[0]
+
+    def search_many(
+        self, queries: Sequence[str], k: int = 10, *, where: MetadataFilter | None = None
+    ) -> list[list[SearchHit]]:
+        """Batched :meth:`search`: one embedding pass and one FAISS call for all ``queries``."""
+        if isinstance(queries, str):
+            raise TypeError("search_many takes a list of query strings; use search() for one query")
+        for i, q in enumerate(queries):
+            if not isinstance(q, str):
+                raise TypeError(f"queries[{i}] must be a string, got {type(q).__name__}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if not queries:
+            return []
+        vectors = self.embedder.encode(list(queries), show_progress=False)
+        return self.search_vectors(vectors, k, where=where)
+
+    def search_vectors(
+        self, vectors: FloatArray, k: int, *, where: MetadataFilter | None = None
+    ) -> list[list[SearchHit]]:
+        """Search with precomputed unit query vectors of shape ``(n, dimension)``."""
+        if len(self._docs) == 0:
+            return [[] for _ in range(len(vectors))]
+        faiss = _faiss()
+        allowed: list[int] | None = None
+        if where is not None:
+            allowed = [i for i, d in self._docs.items() if matches(d.metadata, where)]
+            if len(allowed) < k:
+                logger.warning("filter %r matches %d documents, fewer than k=%d", dict(where), len(allowed), k)
+            if not allowed:
+                return [[] for _ in range(len(vectors))]
+        selector = None
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+        elif self._deleted:
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(sorted(self._deleted), dtype=np.int64)))
+        k_eff = min(k, len(self._docs) if allowed is None else len(allowed))
+        params = self._search_params(selector)
+        scores, int_ids = self._faiss_index.search(
+            np.ascontiguousarray(vectors, dtype=np.float32), k_eff, params=params
+        )
+        results: list[list[SearchHit]] = []
+        for row_scores, row_ids in zip(scores, int_ids, strict=True):
+            hits = []
+            for score, int_id in zip(row_scores.tolist(), row_ids.tolist(), strict=True):
+                doc = self._docs.get(int_id)
+                if int_id < 0 or doc is None:
+                    continue
+                hits.append(SearchHit(doc.id, float(score), doc.text, dict(doc.metadata)))
+            results.append(hits)
+        return results
+
+    def _search_params(self, selector: Any) -> Any:
+        faiss = _faiss()
+        if self.index_type == "hnsw":
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=self.params["ef_search"])
+        if self.index_type == "ivf":
+            return faiss.SearchParametersIVF(sel=selector, nprobe=self.params["nprobe"])
+        return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the index atomically to ``directory`` (see :func:`save_index`)."""
+        from ce_rerank_plugins.retrieval._persistence import save_index
+
+        return save_index(self, Path(directory))
+
+    @classmethod
+    def load(
+        cls, directory: str | os.PathLike[str], *, embedder: Embedder | str | os.PathLike[str] | None = None
+    ) -> FaissIndex:
+        """Load an index saved by :meth:`save`, checking its manifest (see :func:`load_index`)."""
+        from ce_rerank_plugins.retrieval._persistence import load_index
+
+        return load_index(Path(directory), embedder=embedder)

