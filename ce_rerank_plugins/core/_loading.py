@@ -110,3 +110,51 @@ def to_precision(model: Any, precision: str) -> Any:
     elif precision != "fp32":
         raise ValueError(f"unknown precision {precision!r}")
     return model
+
+
+def bundled_model_dirs() -> list[Path]:
+    """Where an offline default cross-encoder may be: the repository's ``models/`` and ``../shared/models/``."""
+    repo = Path(__file__).resolve().parents[2]
+    return [repo / "models" / "ce-minilm-l6-offline", repo.parent / "shared" / "models"]
+
+
+def default_model() -> str:
+    """The cross-encoder to use when none is named.
+
+    Order: ``$CE_RERANK_MODEL``; then, when the Hub may be used and the Hub default is loadable, it;
+    otherwise the first local model found in :func:`bundled_model_dirs`.
+
+    Raises:
+        ModelLoadError: Nothing is configured, the Hub is unreachable and no local model exists.
+    """
+    configured = os.environ.get(MODEL_ENV_VAR)
+    if configured:
+        return configured
+    local = None
+    for candidate in bundled_model_dirs():
+        if (candidate / "config.json").is_file():
+            local = str(candidate)
+            break
+        if candidate.is_dir():
+            nested = sorted(p.parent for p in candidate.glob("*/config.json"))
+            if nested:
+                local = str(nested[0])
+                break
+    if not hub_is_offline() and _hub_reachable():
+        return HUB_DEFAULT_MODEL
+    if local is not None:
+        return local
+    raise ModelLoadError(
+        f"no cross-encoder configured: the Hugging Face Hub is unreachable and no local model was found in "
+        f"{[str(p) for p in bundled_model_dirs()]}. Pass --model PATH (or model='path'), or set ${MODEL_ENV_VAR}."
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,131 @@
+"""Assembling the LLM's context from ranked chunks: a token budget, stable citations, nothing dropped silently."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TokenCounter = Callable[[str], int]
+Ordering = Literal["relevance", "edges"]
+
+_TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def approximate_token_count(text: str) -> int:
+    """Words and punctuation marks: close to (and usually above) a WordPiece/BPE count for English.
+
+    Pass the model's own counter (e.g. ``lambda t: len(tiktoken_enc.encode(t))``) for an exact budget.
+    """
+    return len(_TOKEN.findall(text))
+
+
+@dataclass(frozen=True)
+class ContextChunk:
+    """A ranked chunk to place in the context.
+
+    Attributes:
+        text: The chunk's text.
+        source: Where it came from (file name, URL, document id).
+        position: Where in the source (chunk index, page, character offset); part of the citation.
+        score: The rerank score (higher is better); used for the "edges" ordering.
+        metadata: Anything else to carry through.
+    """
+
+    text: str
+    source: str
+    position: int | str | None = None
+    score: float | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def citation(self) -> str:
+        """A stable label: ``source#position`` (or the source alone)."""
+        return f"{self.source}#{self.position}" if self.position is not None else self.source
+
+
+@dataclass(frozen=True)
+class AssembledContext:
+    """The context text and what went into it.
+
+    Attributes:
+        text: The context, one cited block per chunk.
+        included: Chunks placed, in the order they appear.
+        dropped: Chunks that did not fit the budget, best first (reported, never silently lost).
+        tokens: Tokens used, as counted by the token counter.
+        budget: The budget it was built for.
+    """
+
+    text: str
+    included: tuple[ContextChunk, ...]
+    dropped: tuple[ContextChunk, ...]
+    tokens: int
+    budget: int
+
+
+def _edges_order(chunks: Sequence[ContextChunk]) -> list[ContextChunk]:
+    # Best at the start, second best at the end, and so on inwards: long-context models attend most to
+    # the two ends ("lost in the middle").
+    front: list[ContextChunk] = []
+    back: list[ContextChunk] = []
+    for i, chunk in enumerate(chunks):
+        (front if i % 2 == 0 else back).append(chunk)
+    return front + back[::-1]
+
+
+def assemble_context(
+    chunks: Sequence[ContextChunk],
+    *,
+    max_tokens: int,
+    token_counter: TokenCounter = approximate_token_count,
+    ordering: Ordering = "relevance",
+    template: str = "[{citation}] {text}",
+    separator: str = "\n\n",
+) -> AssembledContext:
+    """Fill a token budget with the best chunks, each labelled with its citation.
+
+    Chunks are taken in the order given (most relevant first). A chunk that does not fit is reported
+    in ``dropped`` and the next ones are still tried, so a long chunk does not block shorter ones.
+
+    Args:
+        chunks: Ranked chunks, best first.
+        max_tokens: The budget for the whole context, separators included.
+        token_counter: Counts tokens of a string (default: an approximation, see
+            :func:`approximate_token_count`).
+        ordering: ``"relevance"`` keeps best-first; ``"edges"`` puts the best at both ends.
+        template: How one chunk is written; receives ``citation``, ``text``, ``source``, ``position``.
+        separator: Between chunks.
+
+    Raises:
+        ValueError: ``max_tokens < 1`` or an unknown ordering.
+    """
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    if ordering not in ("relevance", "edges"):
+        raise ValueError(f"ordering must be 'relevance' or 'edges', got {ordering!r}")
+    seen: dict[str, int] = {}
+    for chunk in chunks:
+        if not isinstance(chunk, ContextChunk):
+            raise TypeError(f"chunks must be ContextChunk objects, got {type(chunk).__name__}")
+        seen[chunk.citation] = seen.get(chunk.citation, 0) + 1
+    duplicates = [c for c, n in seen.items() if n > 1]
+    if duplicates:
+        raise ValueError(f"citation labels must be unique, but these repeat: {duplicates[:5]}")
+    separator_tokens = token_counter(separator) if separator else 0
+    included: list[ContextChunk] = []
+    dropped: list[ContextChunk] = []
+    used = 0
+    for chunk in chunks:
+        block = template.format(citation=chunk.citation, text=chunk.text, source=chunk.source, position=chunk.position)
+        cost = token_counter(block) + (separator_tokens if included else 0)
+        if used + cost <= max_tokens:
+            included.append(chunk)
+            used += cost
+        else:
+            dropped.append(chunk)
+    placed = _edges_order(included) if ordering == "edges" else included
+    text = separator.join(
+        template.format(citation=c.citation, text=c.text, source=c.source, position=c.position) for c in placed
+    )
+    return AssembledContext(text, tuple(placed), tuple(dropped), used, max_tokens)

@@ -1,0 +1,84 @@
+"""Reading IR datasets in BEIR layout: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class BeirDataset:
+    """A BEIR-layout dataset: documents, queries and graded relevance judgements of one split.
+
+    Attributes:
+        corpus: doc id -> ``{"title": ..., "text": ...}``.
+        queries: query id -> text (only the judged queries of the split).
+        qrels: query id -> {doc id: grade}, grades > 0 only.
+    """
+
+    name: str
+    corpus: dict[str, dict[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+    def doc_text(self, doc_id: str) -> str:
+        """Title and text joined as BEIR embeds them (title first when present)."""
+        doc = self.corpus[doc_id]
+        title = doc.get("title") or ""
+        return f"{title} {doc['text']}".strip() if title else doc["text"]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, object]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name} is missing from the dataset directory {str(path.parent)!r}")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{line_no} is not valid JSON: {exc}") from exc
+    return rows
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """``query-id corpus-id score`` TSV (with header) to {query id: {doc id: grade}}, positive grades only."""
+    if not path.is_file():
+        raise FileNotFoundError(f"qrels file {str(path)!r} is missing")
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        header = next(reader, None)
+        if header is None or header[:2] != ["query-id", "corpus-id"]:
+            raise ValueError(f"{str(path)!r} must start with the header 'query-id\\tcorpus-id\\tscore'")
+        for row in reader:
+            if len(row) < 3:
+                continue
+            grade = int(float(row[2]))
+            if grade > 0:
+                qrels.setdefault(row[0], {})[row[1]] = grade
+    return qrels
+
+
+def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDataset:
+    """Load a BEIR-layout dataset; queries are restricted to those judged in ``split``.
+
+    Raises:
+        FileNotFoundError: naming the missing file (corpus, queries or qrels of the split).
+    """
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset directory {str(root)!r} does not exist")
+    qrels = read_qrels(root / "qrels" / f"{split}.tsv")
+    corpus = {
+        str(row["_id"]): {"title": str(row.get("title") or ""), "text": str(row.get("text") or "")}
+        for row in _read_jsonl(root / "corpus.jsonl")
+    }
+    all_queries = {str(row["_id"]): str(row["text"]) for row in _read_jsonl(root / "queries.jsonl")}
+    queries = {qid: all_queries[qid] for qid in qrels if qid in all_queries}
+    return BeirDataset(name=root.name, corpus=corpus, queries=queries, qrels=qrels)

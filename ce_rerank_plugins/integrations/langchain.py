@@ -1,0 +1,244 @@
+"""LangChain adapters: framework objects in, one shared core call, new framework objects out.
+
+Needs only ``langchain-core`` (``pip install 'ce-rerank-plugins[langchain]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from ce_rerank_plugins._optional import require
+
+require("langchain_core", "langchain", purpose="ce_rerank_plugins.integrations.langchain")
+
+from langchain_core.callbacks import (  # noqa: E402
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManager,
+    CallbackManagerForRetrieverRun,
+    Callbacks,
+)
+from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
+from langchain_core.retrievers import BaseRetriever  # noqa: E402
+from langchain_core.runnables import RunnableLambda  # noqa: E402
+from pydantic import ConfigDict, Field, model_validator  # noqa: E402
+
+from ce_rerank_plugins.context import (  # noqa: E402
+    AssembledContext,
+    ContextChunk,
+    Ordering,
+    TokenCounter,
+    approximate_token_count,
+    assemble_context,
+)
+from ce_rerank_plugins.core import CrossEncoderReranker, RankedResult  # noqa: E402
+from ce_rerank_plugins.integrations._settings import build_reranker  # noqa: E402
+from ce_rerank_plugins.retrieval import FaissIndex, SearchHit  # noqa: E402
+
+__all__ = [
+    "CrossEncoderCompressor",
+    "FaissRetriever",
+    "RerankingRetriever",
+    "context_runnable",
+    "documents_to_context",
+]
+
+
+class CrossEncoderCompressor(BaseDocumentCompressor):
+    """Reranks retrieved documents with the shared cross-encoder (a LangChain ``BaseDocumentCompressor``).
+
+    Returns new ``Document`` objects (the caller's are never modified) carrying the rerank score and
+    rank in their metadata; works in ``ContextualCompressionRetriever`` and LCEL chains.
+
+    Example:
+        >>> compressor = CrossEncoderCompressor(model="path/to/cross-encoder", top_n=5)  # doctest: +SKIP
+        >>> compressor.compress_documents(docs, "How many people live in Lyon?")  # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    model: str | None = Field(
+        default=None, description="Cross-encoder name or path (default: $CE_RERANK_MODEL, bundled, or Hub)."
+    )
+    top_n: int | None = Field(default=3, description="How many documents to keep (None: all).")
+    score_threshold: float | None = Field(default=None, description="Drop documents scoring below this.")
+    min_keep: int = Field(default=0, description="Keep at least this many even below the threshold.")
+    score_mode: str = Field(default="auto", description="auto | logits | sigmoid | softmax.")
+    device: str = Field(default="auto", description="auto | cpu | cuda | mps.")
+    precision: str = Field(default="fp32", description="fp32 | bf16 | auto.")
+    max_length: int | None = Field(default=None, description="Token budget of a (query, passage) pair.")
+    batch_size: int = Field(default=16, description="Pairs per forward pass.")
+    trust_remote_code: bool = Field(default=False, description="Allow custom model code (off by default).")
+    score_key: str = Field(default="relevance_score", description="Metadata key for the rerank score.")
+    rank_key: str = Field(default="rerank_rank", description="Metadata key for the 1-based rerank position.")
+    reranker: CrossEncoderReranker | None = Field(
+        default=None, exclude=True, description="An existing core reranker to use instead of the settings above."
+    )
+
+    @model_validator(mode="after")
+    def _attach_reranker(self) -> CrossEncoderCompressor:
+        if self.top_n is not None and self.top_n < 1:
+            raise ValueError(f"top_n must be >= 1 (or None for all), got {self.top_n}")
+        if self.reranker is None:
+            self.reranker = build_reranker(
+                self.model,
+                device=self.device,
+                precision=self.precision,
+                max_length=self.max_length,
+                batch_size=self.batch_size,
+                score_mode=self.score_mode,
+                trust_remote_code=self.trust_remote_code,
+            )
+        return self
+
+    @property
+    def core(self) -> CrossEncoderReranker:
+        """The shared core reranker."""
+        assert self.reranker is not None  # set by the validator
+        return self.reranker
+
+    def _rank_kwargs(self) -> dict[str, Any]:
+        return {"top_n": self.top_n, "score_threshold": self.score_threshold, "min_keep": self.min_keep}
+
+    def _to_documents(self, documents: Sequence[Document], ranked: list[RankedResult]) -> list[Document]:
+        return [
+            Document(
+                page_content=documents[r.corpus_id].page_content,
+                metadata={**documents[r.corpus_id].metadata, self.score_key: r.score, self.rank_key: rank},
+                id=documents[r.corpus_id].id,
+            )
+            for rank, r in enumerate(ranked, 1)
+        ]
+
+    def compress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        """Rerank ``documents`` for ``query``; best first, at most ``top_n``."""
+        run = CallbackManager.configure(callbacks).on_chain_start(
+            {"name": type(self).__name__}, {"query": query, "documents": len(documents)}, name=type(self).__name__
+        )
+        try:
+            ranked = self.core.rank(query, [d.page_content for d in documents], **self._rank_kwargs())
+            out = self._to_documents(documents, ranked)
+        except BaseException as exc:
+            run.on_chain_error(exc)
+            raise
+        run.on_chain_end({"documents": out})
+        return out
+
+    async def acompress_documents(
+        self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
+    ) -> Sequence[Document]:
+        """Async :meth:`compress_documents`; the scoring runs off the event loop."""
+        from langchain_core.callbacks import AsyncCallbackManager
+
+        run = await AsyncCallbackManager.configure(callbacks).on_chain_start(
+            {"name": type(self).__name__}, {"query": query, "documents": len(documents)}, name=type(self).__name__
+        )
+        try:
+            ranked = await self.core.arank(query, [d.page_content for d in documents], **self._rank_kwargs())
+            out = self._to_documents(documents, ranked)
+        except BaseException as exc:
+            await run.on_chain_error(exc)
+            raise
+        await run.on_chain_end({"documents": out})
+        return out
+
+
+def _hit_to_document(hit: SearchHit, score_key: str) -> Document:
+    return Document(page_content=hit.text, metadata={**hit.metadata, score_key: hit.score}, id=hit.id)
+
+
+class FaissRetriever(BaseRetriever):
+    """A LangChain retriever over a :class:`~ce_rerank_plugins.retrieval.FaissIndex` (cosine similarity).
+
+    ``k`` and a metadata filter ``where`` can be set here or per call (``invoke(query, k=3)``).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    index: FaissIndex = Field(description="The FAISS index to search.")
+    k: int = Field(default=4, description="How many documents to return.")
+    where: dict[str, Any] | None = Field(default=None, description="Metadata filter, e.g. {'source': 'a.pdf'}.")
+    score_key: str = Field(default="retrieval_score", description="Metadata key for the cosine similarity.")
+
+    def _search(self, query: str, k: int | None, where: dict[str, Any] | None) -> list[Document]:
+        hits = self.index.search(query, k=k or self.k, where=where if where is not None else self.where)
+        return [_hit_to_document(h, self.score_key) for h in hits]
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        where: dict[str, Any] | None = None,
+    ) -> list[Document]:
+        return self._search(query, k, where)
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        where: dict[str, Any] | None = None,
+    ) -> list[Document]:
+        return await asyncio.to_thread(self._search, query, k, where)
+
+
+class RerankingRetriever(BaseRetriever):
+    """Retrieve-then-rerank: ``base_retriever`` fetches candidates, ``compressor`` keeps the best.
+
+    Built on langchain-core only (no ``ContextualCompressionRetriever`` needed); callbacks of both
+    steps nest under this retriever's run.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    base_retriever: BaseRetriever = Field(description="Fetches the candidates (e.g. top 50 from FAISS).")
+    compressor: CrossEncoderCompressor = Field(description="Reranks the candidates and keeps top_n.")
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        docs = self.base_retriever.invoke(query, config={"callbacks": run_manager.get_child()})
+        return list(self.compressor.compress_documents(docs, query, callbacks=run_manager.get_child()))
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        docs = await self.base_retriever.ainvoke(query, config={"callbacks": run_manager.get_child()})
+        return list(await self.compressor.acompress_documents(docs, query, callbacks=run_manager.get_child()))
+
+
+def documents_to_context(
+    documents: Sequence[Document],
+    *,
+    max_tokens: int,
+    token_counter: TokenCounter = approximate_token_count,
+    ordering: Ordering = "relevance",
+    source_key: str = "source",
+    position_key: str = "chunk_index",
+    score_key: str = "relevance_score",
+) -> AssembledContext:
+    """Build the LLM context from ranked documents (see :func:`ce_rerank_plugins.context.assemble_context`).
+
+    Citations are ``source#position`` from the metadata (the document id, then its list position, when
+    absent).
+    """
+    chunks = [
+        ContextChunk(
+            text=d.page_content,
+            source=str(d.metadata.get(source_key) or d.id or f"doc{i}"),
+            position=d.metadata.get(position_key),
+            score=d.metadata.get(score_key),
+            metadata=dict(d.metadata),
+        )
+        for i, d in enumerate(documents)
+    ]
+    return assemble_context(chunks, max_tokens=max_tokens, token_counter=token_counter, ordering=ordering)
+
+
+def context_runnable(max_tokens: int, **kwargs: Any) -> RunnableLambda[Sequence[Document], str]:
+    """An LCEL step turning ranked documents into the cited context string."""
+    return RunnableLambda(lambda docs: documents_to_context(docs, max_tokens=max_tokens, **kwargs).text)

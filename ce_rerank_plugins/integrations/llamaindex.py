@@ -1,0 +1,203 @@
+"""LlamaIndex adapters: nodes in, one shared core call, new nodes out.
+
+Needs only ``llama-index-core`` (``pip install 'ce-rerank-plugins[llamaindex]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from ce_rerank_plugins._optional import require
+
+require("llama_index.core", "llamaindex", purpose="ce_rerank_plugins.integrations.llamaindex")
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr  # noqa: E402
+from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
+from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
+from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
+from llama_index.core.retrievers import BaseRetriever  # noqa: E402
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode  # noqa: E402
+
+from ce_rerank_plugins.context import (  # noqa: E402
+    AssembledContext,
+    ContextChunk,
+    Ordering,
+    TokenCounter,
+    approximate_token_count,
+    assemble_context,
+)
+from ce_rerank_plugins.core import CrossEncoderReranker, RankedResult  # noqa: E402
+from ce_rerank_plugins.integrations._settings import build_reranker  # noqa: E402
+from ce_rerank_plugins.retrieval import FaissIndex  # noqa: E402
+
+__all__ = ["CrossEncoderNodePostprocessor", "FaissRetriever", "nodes_to_context"]
+
+dispatcher = get_dispatcher(__name__)
+
+
+class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
+    """Reranks retrieved nodes with the shared cross-encoder (a LlamaIndex ``BaseNodePostprocessor``).
+
+    Returns new ``NodeWithScore`` objects holding copies of the nodes; the caller's nodes and scores
+    are untouched. The retrieval score is kept in the copy's metadata (hidden from the LLM and the
+    embedder). Emits LlamaIndex's ``ReRankStartEvent`` / ``ReRankEndEvent`` and a RERANKING callback
+    event. ``to_dict`` stores the settings only; ``from_dict`` re-acquires the shared model.
+
+    Example:
+        >>> postprocessor = CrossEncoderNodePostprocessor(model="path/to/cross-encoder", top_n=5)  # doctest: +SKIP
+        >>> query_engine = index.as_query_engine(node_postprocessors=[postprocessor])  # doctest: +SKIP
+    """
+
+    model: str | None = Field(
+        default=None, description="Cross-encoder name or path (default: $CE_RERANK_MODEL, bundled, or Hub)."
+    )
+    top_n: int | None = Field(default=3, description="How many nodes to keep (None: all).")
+    score_threshold: float | None = Field(default=None, description="Drop nodes scoring below this.")
+    min_keep: int = Field(default=0, description="Keep at least this many even below the threshold.")
+    score_mode: str = Field(default="auto", description="auto | logits | sigmoid | softmax.")
+    keep_retrieval_score: bool = Field(default=True, description="Store the retrieval score in metadata.")
+    retrieval_score_key: str = Field(default="retrieval_score", description="Metadata key for it.")
+    metadata_mode: str = Field(
+        default="none", description="What of the node the model reads (none | embed | llm | all)."
+    )
+    device: str = Field(default="auto", description="auto | cpu | cuda | mps.")
+    precision: str = Field(default="fp32", description="fp32 | bf16 | auto.")
+    max_length: int | None = Field(default=None, description="Token budget of a (query, passage) pair.")
+    batch_size: int = Field(default=16, description="Pairs per forward pass.")
+    trust_remote_code: bool = Field(default=False, description="Allow custom model code (off by default).")
+
+    _reranker: CrossEncoderReranker = PrivateAttr()
+
+    def __init__(self, *, reranker: CrossEncoderReranker | None = None, **data: Any) -> None:
+        super().__init__(**data)
+        if self.top_n is not None and self.top_n < 1:
+            raise ValueError(f"top_n must be >= 1 (or None for all), got {self.top_n}")
+        MetadataMode(self.metadata_mode)  # fails early on a bad mode
+        self._reranker = reranker or build_reranker(
+            self.model,
+            device=self.device,
+            precision=self.precision,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            score_mode=self.score_mode,
+            trust_remote_code=self.trust_remote_code,
+        )
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "CrossEncoderNodePostprocessor"
+
+    @property
+    def core(self) -> CrossEncoderReranker:
+        """The shared core reranker."""
+        return self._reranker
+
+    def _texts(self, nodes: Sequence[NodeWithScore]) -> list[str]:
+        mode = MetadataMode(self.metadata_mode)
+        return [n.node.get_content(metadata_mode=mode) for n in nodes]
+
+    def _rank_kwargs(self) -> dict[str, Any]:
+        return {"top_n": self.top_n, "score_threshold": self.score_threshold, "min_keep": self.min_keep}
+
+    def _to_nodes(self, nodes: Sequence[NodeWithScore], ranked: list[RankedResult]) -> list[NodeWithScore]:
+        out = []
+        for r in ranked:
+            original = nodes[r.corpus_id]
+            node = original.node.model_copy()
+            if self.keep_retrieval_score:
+                key = self.retrieval_score_key
+                node.metadata = {**original.node.metadata, key: original.score}
+                node.excluded_llm_metadata_keys = [*original.node.excluded_llm_metadata_keys, key]
+                node.excluded_embed_metadata_keys = [*original.node.excluded_embed_metadata_keys, key]
+            out.append(NodeWithScore(node=node, score=r.score))
+        return out
+
+    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> QueryBundle:
+        dispatcher.event(
+            ReRankStartEvent(
+                query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=self.core.key.model
+            )
+        )
+        if query_bundle is None:
+            raise ValueError("CrossEncoderNodePostprocessor needs the query: pass query_bundle or query_str")
+        return query_bundle
+
+    def _payload(self, nodes: list[NodeWithScore], query_bundle: QueryBundle) -> dict[Any, Any]:
+        return {
+            EventPayload.NODES: nodes,
+            EventPayload.MODEL_NAME: self.core.key.model,
+            EventPayload.QUERY_STR: query_bundle.query_str,
+            EventPayload.TOP_K: self.top_n,
+        }
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query_bundle = self._start(nodes, query_bundle)
+        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query_bundle)) as event:
+            ranked = self.core.rank(query_bundle.query_str, self._texts(nodes), **self._rank_kwargs())
+            out = self._to_nodes(nodes, ranked)
+            event.on_end(payload={EventPayload.NODES: out})
+        dispatcher.event(ReRankEndEvent(nodes=out))
+        return out
+
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query_bundle = self._start(nodes, query_bundle)
+        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query_bundle)) as event:
+            ranked = await self.core.arank(query_bundle.query_str, self._texts(nodes), **self._rank_kwargs())
+            out = self._to_nodes(nodes, ranked)
+            event.on_end(payload={EventPayload.NODES: out})
+        dispatcher.event(ReRankEndEvent(nodes=out))
+        return out
+
+
+class FaissRetriever(BaseRetriever):
+    """A LlamaIndex retriever over a :class:`~ce_rerank_plugins.retrieval.FaissIndex` (cosine similarity)."""
+
+    def __init__(self, index: FaissIndex, *, k: int = 4, where: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        self.index = index
+        self.k = k
+        self.where = where
+        super().__init__(**kwargs)
+
+    def _search(self, query: str) -> list[NodeWithScore]:
+        hits = self.index.search(query, k=self.k, where=self.where)
+        return [
+            NodeWithScore(node=TextNode(id_=h.id, text=h.text, metadata=dict(h.metadata)), score=h.score) for h in hits
+        ]
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return self._search(query_bundle.query_str)
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return await asyncio.to_thread(self._search, query_bundle.query_str)
+
+
+def nodes_to_context(
+    nodes: Sequence[NodeWithScore],
+    *,
+    max_tokens: int,
+    token_counter: TokenCounter = approximate_token_count,
+    ordering: Ordering = "relevance",
+    source_key: str = "source",
+    position_key: str = "chunk_index",
+) -> AssembledContext:
+    """Build the LLM context from ranked nodes (see :func:`ce_rerank_plugins.context.assemble_context`)."""
+    chunks = [
+        ContextChunk(
+            text=n.node.get_content(metadata_mode=MetadataMode.NONE),
+            source=str(n.node.metadata.get(source_key) or n.node.node_id),
+            position=n.node.metadata.get(position_key),
+            score=n.score,
+            metadata=dict(n.node.metadata),
+        )
+        for n in nodes
+    ]
+    return assemble_context(chunks, max_tokens=max_tokens, token_counter=token_counter, ordering=ordering)
