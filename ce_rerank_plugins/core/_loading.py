@@ -88,6 +88,9 @@ def load_cross_encoder(key: ModelKey) -> Any:
             max_length=key.max_length,
             trust_remote_code=key.trust_remote_code,
             local_files_only=is_local or hub_is_offline(),
+            # Always load fp32 master weights (a model may be stored in fp16 to save space);
+            # faster paths are derived from them explicitly and probe-checked.
+            model_kwargs={"dtype": torch.float32},
         )
     except Exception as exc:
         where = "the local directory" if is_local else "the Hugging Face Hub or its local cache"

@@ -56,3 +56,4 @@ class ModelRegistry(Generic[K, T]):
         """Forget every loaded object (mainly for tests and long-lived processes that switch models)."""
         with self._lock:
             self._items.clear()
+            self._loads.clear()

@@ -1,0 +1,74 @@
+"""Context assembly: token budget, citations, ordering, and nothing dropped silently."""
+
+from __future__ import annotations
+
+import pytest
+
+from ce_rerank_plugins.context import ContextChunk, approximate_token_count, assemble_context
+
+
+def chunks(n: int, words: int = 10) -> list[ContextChunk]:
+    return [
+        ContextChunk(" ".join([f"w{i}"] * words), source=f"doc{i}.txt", position=i, score=float(n - i)) for i in range(n)
+    ]
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def test_budget_respected_and_overflow_reported():
+    ranked = chunks(5, words=10)
+    ctx = assemble_context(ranked, max_tokens=25, token_counter=words, separator="\n\n")
+    # Each block is "[docN.txt#N]" + 10 words = 11 "words"; two fit in 25, the rest are reported.
+    assert [c.source for c in ctx.included] == ["doc0.txt", "doc1.txt"]
+    assert [c.source for c in ctx.dropped] == ["doc2.txt", "doc3.txt", "doc4.txt"]
+    assert ctx.tokens == 22 <= ctx.budget == 25
+    assert len(ctx.included) + len(ctx.dropped) == len(ranked)
+    assert words(ctx.text) == ctx.tokens
+
+
+def test_citations_are_stable_and_in_the_text():
+    ctx = assemble_context(chunks(3), max_tokens=1000)
+    assert ctx.text.startswith("[doc0.txt#0] w0")
+    assert "[doc2.txt#2]" in ctx.text
+    assert ContextChunk("t", source="a.pdf").citation == "a.pdf"
+    assert ContextChunk("t", source="a.pdf", position="p3").citation == "a.pdf#p3"
+
+
+def test_a_long_chunk_does_not_block_shorter_ones():
+    ranked = [ContextChunk("x " * 100, "big", 0), ContextChunk("small text", "small", 0)]
+    ctx = assemble_context(ranked, max_tokens=20, token_counter=words)
+    assert [c.source for c in ctx.included] == ["small"]
+    assert [c.source for c in ctx.dropped] == ["big"]
+
+
+def test_edges_ordering_puts_the_best_at_both_ends():
+    ctx = assemble_context(chunks(5), max_tokens=1000, ordering="edges")
+    assert [c.position for c in ctx.included] == [0, 2, 4, 3, 1]
+    relevance = assemble_context(chunks(5), max_tokens=1000)
+    assert [c.position for c in relevance.included] == [0, 1, 2, 3, 4]
+
+
+def test_pluggable_counter_changes_what_fits():
+    ranked = chunks(4, words=5)
+    by_chars = assemble_context(ranked, max_tokens=60, token_counter=len)
+    by_words = assemble_context(ranked, max_tokens=60, token_counter=words)
+    assert len(by_chars.included) < len(by_words.included)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="max_tokens must be a positive integer"):
+        assemble_context(chunks(1), max_tokens=0)
+    with pytest.raises(ValueError, match="ordering must be"):
+        assemble_context(chunks(1), max_tokens=10, ordering="random")  # type: ignore[arg-type]
+    dup = [ContextChunk("a", "s", 1), ContextChunk("b", "s", 1)]
+    with pytest.raises(ValueError, match="citation labels must be unique"):
+        assemble_context(dup, max_tokens=10)
+    with pytest.raises(TypeError, match="must be ContextChunk objects"):
+        assemble_context(["text"], max_tokens=10)  # type: ignore[list-item]
+    assert assemble_context([], max_tokens=10).text == ""
+
+
+def test_approximate_token_count():
+    assert approximate_token_count("Lyon has 522,000 inhabitants.") == 7
