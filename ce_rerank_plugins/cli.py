@@ -25,8 +25,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Pipes and CI logs get a fixed width instead of rich's 80-column fallback, so tables stay readable.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -236,6 +237,302 @@ def train(
     }
     (out / "training_run.json").write_text(json.dumps(record, indent=2))
     console.print(f"saved {result.model_dir} (best {result.primary_metric} = {result.best_metric})")
+
+
+SUPPORTED_SUFFIXES = (".txt", ".md", ".jsonl")
+
+
+def _collect_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"no such file or folder: {path}")
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUPPORTED_SUFFIXES)
+        elif path.suffix in SUPPORTED_SUFFIXES:
+            files.append(path)
+        else:
+            raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(SUPPORTED_SUFFIXES)})")
+    return files
+
+
+def _read_documents(files: list[Path]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id prefix, text, metadata) per source record: one per .txt/.md file, one per .jsonl line.
+
+    A JSONL record's ``source`` and ``chunk_index``/``position`` (else its line number) become its
+    citation position, so records of one source keep distinct, stable citations.
+    """
+    records = []
+    for file in files:
+        if file.suffix == ".jsonl":
+            with file.open(encoding="utf-8") as fh:
+                for line_no, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise ValueError(f"{file}:{line_no}: not valid JSON ({exc.msg})") from exc
+                    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                        raise ValueError(f"{file}:{line_no}: each line needs a string field 'text'")
+                    doc_id = str(row.get("id", row.get("_id", f"{file.stem}:{line_no}")))
+                    text = f"{row['title']} {row['text']}".strip() if row.get("title") else row["text"]
+                    meta = {k: v for k, v in row.items() if k not in {"id", "_id", "text", "title", "chunk_index"}}
+                    meta.setdefault("source", file.name)
+                    meta["position"] = row.get("position", row.get("chunk_index", line_no))
+                    records.append((doc_id, text, meta))
+        else:
+            records.append((file.name, file.read_text(encoding="utf-8", errors="replace"), {"source": file.name}))
+    return records
+
+
+def build_index_from_files(
+    paths: list[Path],
+    *,
+    embedder: str | None = None,
+    chunk_tokens: int = 200,
+    overlap: int = 40,
+    index_type: str = "flat",
+    show_progress: bool | None = None,
+) -> Any:
+    """Read, chunk and embed files into a new FaissIndex (what ``ce-rerank index`` does)."""
+    from ce_rerank_plugins.retrieval import FaissIndex, TokenChunker
+
+    files = _collect_files(paths)
+    if not files:
+        raise FileNotFoundError(f"no .txt, .md or .jsonl files found in {', '.join(map(str, paths))}")
+    index = FaissIndex(embedder, index_type=index_type, show_progress=show_progress)  # type: ignore[arg-type]
+    chunker = TokenChunker(index.embedder.tokenizer, chunk_tokens=chunk_tokens, overlap=overlap)
+    texts, ids, metas = [], [], []
+    for doc_id, text, meta in _read_documents(files):
+        source = str(meta.pop("source"))
+        record_position = meta.pop("position", None)
+        pieces = chunker.split(text, source=source, metadata=meta)
+        for chunk in pieces:
+            index_in_doc = chunk.metadata["chunk_index"]
+            if record_position is None:
+                position: Any = index_in_doc
+            else:
+                position = record_position if len(pieces) == 1 else f"{record_position}.{index_in_doc}"
+            ids.append(f"{doc_id}#{index_in_doc}")
+            texts.append(chunk.text)
+            metas.append({**chunk.metadata, "position": position})
+    if not texts:
+        raise ValueError("the input files hold no text to index")
+    index.add(texts, ids=ids, metadatas=metas)
+    return index
+
+
+@app.command()
+@_user_errors
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Files (.txt, .md, .jsonl) or folders of them.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the index to.")],
+    chunk_tokens: Annotated[int, typer.Option(help="Tokens per chunk (bi-encoder tokenizer).")] = 200,
+    overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive chunks.")] = 40,
+    index_type: Annotated[str, typer.Option(help="flat (exact) | hnsw | ivf.")] = "flat",
+    embedder: EmbedderOpt = None,
+) -> None:
+    """Read, chunk and embed documents, then save a FAISS index (no pickle)."""
+    built = build_index_from_files(
+        paths, embedder=embedder, chunk_tokens=chunk_tokens, overlap=overlap, index_type=index_type
+    )
+    built.save(out)
+    console.print(f"indexed {len(built)} chunks into {out}")
+
+
+def _reranker(model: str | None, precision: str = "auto") -> Any:
+    from ce_rerank_plugins.core import CrossEncoderReranker
+    from ce_rerank_plugins.core._loading import default_model
+
+    return CrossEncoderReranker(model or default_model(), precision=precision)  # type: ignore[arg-type]
+
+
+def _snippet(text: str, width: int = 90) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command()
+@_user_errors
+def query(
+    index_dir: Annotated[Path, typer.Argument(help="Index directory made by `ce-rerank index`.")],
+    question: Annotated[str, typer.Argument(help="The question.")],
+    k: Annotated[int, typer.Option("-k", help="Candidates retrieved from FAISS.")] = 50,
+    n: Annotated[int, typer.Option("-n", help="Results kept after reranking.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    context: Annotated[bool, typer.Option("--context", help="Print the assembled LLM context.")] = False,
+    max_tokens: Annotated[int, typer.Option(help="Context token budget with --context.")] = 1500,
+    precision: Annotated[str, typer.Option(help="auto | bf16 | fp32.")] = "auto",
+    model: ModelOpt = None,
+) -> None:
+    """Retrieve then rerank; print a table (or JSON), optionally the LLM context with citations."""
+    from rich.table import Table
+
+    from ce_rerank_plugins.pipeline import RetrieveRerankPipeline
+    from ce_rerank_plugins.retrieval import FaissIndex
+
+    if not question.strip():
+        fail("the question is empty", 2)
+    loaded = FaissIndex.load(index_dir)
+    result = RetrieveRerankPipeline(loaded, _reranker(model, precision), k=k, top_n=n).run(question)
+    ctx = result.context(max_tokens) if context else None
+    if as_json:
+        payload: dict[str, Any] = {
+            "query": question,
+            "results": [
+                {
+                    "rank": r.rerank_position,
+                    "id": r.hit.id,
+                    "rerank_score": r.rerank_score,
+                    "retrieval_score": r.hit.score,
+                    "retrieval_rank": r.retrieval_position,
+                    "source": r.hit.metadata.get("source"),
+                    "text": r.hit.text,
+                }
+                for r in result.reranked
+            ],
+            "timings_ms": {"retrieval": result.retrieval_seconds * 1000, "rerank": result.rerank_seconds * 1000},
+        }
+        if ctx is not None:
+            payload["context"] = ctx.text
+            payload["context_dropped"] = [c.citation for c in ctx.dropped]
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"{question}  (retrieve {k} → rerank → top {n})")
+    for col in ("rank", "rerank score", "retrieval score", "was", "source", "snippet"):
+        table.add_column(col, overflow="fold")
+    for r in result.reranked:
+        table.add_row(
+            str(r.rerank_position),
+            f"{r.rerank_score:.4f}",
+            f"{r.hit.score:.4f}",
+            f"#{r.retrieval_position}",
+            str(r.hit.metadata.get("source", "")),
+            _snippet(r.hit.text),
+        )
+    console.print(table)
+    if ctx is not None:
+        console.print(f"\n[bold]Context[/bold] ({ctx.tokens}/{ctx.budget} tokens, {len(ctx.dropped)} chunks left out)")
+        console.print(ctx.text, highlight=False, markup=False)
+
+
+@app.command("eval")
+@_user_errors
+def eval_command(
+    dataset_dir: Annotated[Path, typer.Argument(help="BEIR-layout dataset: corpus.jsonl, queries.jsonl, qrels/.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where to write the JSON and PNG.")] = Path("eval-results"),
+    depths: Annotated[str, typer.Option(help="Comma-separated rerank depths.")] = "10,20,50,100",
+    split: Annotated[str, typer.Option(help="qrels split.")] = "test",
+    max_queries: Annotated[int | None, typer.Option(help="Evaluate only the first N judged queries.")] = None,
+    latency_queries: Annotated[int, typer.Option(help="Queries timed per depth.")] = 20,
+    no_rerank: Annotated[bool, typer.Option("--no-rerank", help="Evaluate retrieval only.")] = False,
+    precision: Annotated[str, typer.Option(help="auto | bf16 | fp32.")] = "auto",
+    model: ModelOpt = None,
+    embedder: EmbedderOpt = None,
+) -> None:
+    """nDCG@10, MRR@10, Recall for retrieval alone and retrieval + rerank at several depths (JSON + PNG)."""
+    from rich.table import Table
+
+    from ce_rerank_plugins.evaluation.beir import BeirDataset, load_beir
+    from ce_rerank_plugins.evaluation.rerank_eval import build_index, evaluate_reranking, plot_report
+
+    try:
+        parsed_depths = [int(d) for d in depths.split(",") if d.strip()]
+    except ValueError:
+        fail(f"--depths must be comma-separated integers, got {depths!r}", 2)
+    dataset = load_beir(dataset_dir, split)
+    if max_queries is not None:
+        keep = list(dataset.queries)[:max_queries]
+        dataset = BeirDataset(
+            dataset.name, dataset.corpus, {q: dataset.queries[q] for q in keep}, {q: dataset.qrels[q] for q in keep}
+        )
+    reranker = None if no_rerank else _reranker(model, precision)
+    console.print(f"{dataset.name}: {len(dataset.corpus)} documents, {len(dataset.queries)} judged {split} queries")
+    report = evaluate_reranking(
+        dataset,
+        build_index(dataset, embedder),
+        reranker,
+        depths=[] if no_rerank else parsed_depths,
+        latency_queries=latency_queries,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{dataset.name}_eval.json"
+    json_path.write_text(json.dumps(report.to_dict(), indent=2))
+    png_path = plot_report(report, out_dir / f"{dataset.name}_eval.png")
+    table = Table(title=f"{dataset.name} ({report.queries} queries)")
+    for col in ("stage", "nDCG@10", "MRR@10", "R@10", "R@100", "ms median", "ms p95"):
+        table.add_column(col, justify="right")
+    for s in report.stages:
+        m = s.metrics
+        table.add_row(
+            s.name,
+            f"{m['ndcg@10']:.4f}",
+            f"{m['mrr@10']:.4f}",
+            f"{m['recall@10']:.4f}",
+            f"{m['recall@100']:.4f}",
+            f"{s.latency_ms_median:.1f}",
+            f"{s.latency_ms_p95:.1f}",
+        )
+    console.print(table)
+    console.print(f"wrote {json_path} and {png_path}")
+
+
+DEMO_QUESTIONS = (
+    "How many people live in Lyon?",
+    "What water temperature should I use to brew coffee?",
+    "Why does an afternoon coffee keep me awake at night?",
+)
+
+
+@app.command()
+@_user_errors
+def demo(
+    k: Annotated[int, typer.Option("-k", help="Candidates retrieved.")] = 10,
+    n: Annotated[int, typer.Option("-n", help="Results kept after reranking.")] = 3,
+    model: ModelOpt = None,
+) -> None:
+    """Offline end to end on the bundled sample corpus: index, retrieve, rerank, assemble context."""
+    import tempfile
+    from importlib.resources import as_file, files
+
+    from rich.table import Table
+
+    from ce_rerank_plugins.pipeline import RetrieveRerankPipeline
+    from ce_rerank_plugins.retrieval import FaissIndex
+
+    reranker = _reranker(model)
+    with as_file(files("ce_rerank_plugins") / "data" / "sample_corpus.jsonl") as corpus:
+        built = build_index_from_files([corpus], show_progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = FaissIndex.load(built.save(Path(tmp) / "index"))  # the saved, pickle-free format round-trips
+    console.print(
+        f"[bold]ce-rerank demo[/bold]: {len(loaded)} chunks from the bundled sample corpus, "
+        f"embedder {loaded.embedder.id}, cross-encoder {reranker.key.model} ({reranker.precision})"
+    )
+    pipeline = RetrieveRerankPipeline(loaded, reranker, k=k, top_n=n)
+    for question in DEMO_QUESTIONS:
+        result = pipeline.run(question)
+        table = Table(title=f"Q: {question}", title_justify="left")
+        for col in ("rank", "rerank score", "bi-encoder rank", "bi-encoder score", "passage"):
+            table.add_column(col, overflow="fold")
+        for r in result.reranked:
+            moved = r.retrieval_position - r.rerank_position
+            arrow = f" (↑{moved})" if moved > 0 else (f" (↓{-moved})" if moved < 0 else "")
+            table.add_row(
+                str(r.rerank_position),
+                f"{r.rerank_score:.3f}",
+                f"#{r.retrieval_position}{arrow}",
+                f"{r.hit.score:.3f}",
+                _snippet(r.hit.text, 80),
+            )
+        console.print(table)
+        ctx = result.context(max_tokens=120)
+        console.print(
+            f"retrieval {result.retrieval_seconds * 1000:.0f} ms, rerank {result.rerank_seconds * 1000:.0f} ms; "
+            f"context for the LLM ({ctx.tokens} tokens, {len(ctx.dropped)} chunk(s) over budget):"
+        )
+        console.print(ctx.text + "\n", highlight=False, markup=False, style="dim")
 
 
 def main() -> None:

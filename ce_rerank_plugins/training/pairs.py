@@ -217,11 +217,14 @@ def climate_fever_pairs(path: str | os.PathLike[str], *, classes: bool = False) 
 
 def reranking_samples(pairs: Sequence[LabeledPair]) -> list[dict[str, object]]:
     """Group pairs by query into the samples of sentence-transformers' reranking evaluator
-    (``query``, ``positive`` list, ``documents`` list); queries without a positive are left out."""
+    (``query``, ``positive`` list, ``documents`` list); queries without a positive, or with a single
+    document (nothing to rank), are left out."""
     grouped: dict[str, tuple[list[str], list[str]]] = {}
     for p in pairs:
         pos, docs = grouped.setdefault(p.text_a, ([], []))
         docs.append(p.text_b)
         if p.label > 0.5:
             pos.append(p.text_b)
-    return [{"query": q, "positive": pos, "documents": docs} for q, (pos, docs) in grouped.items() if pos]
+    return [
+        {"query": q, "positive": pos, "documents": docs} for q, (pos, docs) in grouped.items() if pos and len(docs) > 1
+    ]

@@ -153,6 +153,11 @@ def train_cross_encoder(
         local_files_only=Path(config.base_model).is_dir(),
     )
     if config.num_labels == 1:
+        if not reranking_samples(eval_pairs):
+            raise ValueError(
+                "the evaluation split has no query with a positive and at least two passages; "
+                "raise eval_fraction or add negatives"
+            )
         loss = BinaryCrossEntropyLoss(model)
         evaluator: Any = CrossEncoderRerankingEvaluator(
             reranking_samples(eval_pairs), at_k=10, always_rerank_positives=False, name="heldout", batch_size=64

@@ -9,7 +9,8 @@ from ce_rerank_plugins.context import ContextChunk, approximate_token_count, ass
 
 def chunks(n: int, words: int = 10) -> list[ContextChunk]:
     return [
-        ContextChunk(" ".join([f"w{i}"] * words), source=f"doc{i}.txt", position=i, score=float(n - i)) for i in range(n)
+        ContextChunk(" ".join([f"w{i}"] * words), source=f"doc{i}.txt", position=i, score=float(n - i))
+        for i in range(n)
     ]
 
 

@@ -1,0 +1,182 @@
+"""Does reranking pay? Retrieval alone vs retrieval + rerank at several depths, on a BEIR dataset.
+
+Quality comes from one cross-encoder pass over the deepest candidate list per query (pointwise scores
+do not depend on the depth); latency per depth is timed separately on a sample of queries.
+Metrics are computed by ranx.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ce_rerank_plugins._optional import require
+from ce_rerank_plugins.core import CrossEncoderReranker
+from ce_rerank_plugins.evaluation.beir import BeirDataset
+from ce_rerank_plugins.retrieval import FaissIndex
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
+
+
+@dataclass
+class StageResult:
+    """Metrics and latency of one configuration (retrieval only, or rerank at one depth)."""
+
+    name: str
+    depth: int
+    metrics: dict[str, float]
+    latency_ms_median: float
+    latency_ms_p95: float
+
+
+@dataclass
+class EvaluationReport:
+    """Everything ``ce-rerank eval`` writes to JSON."""
+
+    dataset: str
+    queries: int
+    embedder: str
+    reranker: str
+    stages: list[StageResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "queries": self.queries,
+            "embedder": self.embedder,
+            "reranker": self.reranker,
+            "stages": [vars(s) for s in self.stages],
+        }
+
+
+def _p95(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def ranx_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
+    """nDCG@10, MRR@10, Recall@10 and Recall@100 of ``run`` with ranx."""
+    ranx = require("ranx", "eval", purpose="evaluation")
+    scores = ranx.evaluate(ranx.Qrels(qrels), ranx.Run(run), list(METRICS), make_comparable=True)
+    return {m: float(scores[m]) for m in METRICS}
+
+
+def build_index(dataset: BeirDataset, embedder: str | None = None, *, show_progress: bool | None = None) -> FaissIndex:
+    """An exact FAISS index of the dataset's corpus (title and text embedded together, as BEIR does)."""
+    index = FaissIndex(embedder, show_progress=show_progress)
+    ids = list(dataset.corpus)
+    index.add([dataset.doc_text(i) for i in ids], ids=ids)
+    return index
+
+
+def evaluate_reranking(
+    dataset: BeirDataset,
+    index: FaissIndex,
+    reranker: CrossEncoderReranker | None,
+    *,
+    depths: Sequence[int] = (10, 20, 50, 100),
+    latency_queries: int = 20,
+    show_progress: bool = True,
+) -> EvaluationReport:
+    """Evaluate retrieval alone and retrieval + rerank at each depth in ``depths``."""
+    if not dataset.queries:
+        raise ValueError(f"dataset {dataset.name!r} has no judged queries")
+    depths = sorted(set(depths))
+    if depths and depths[0] < 1:
+        raise ValueError(f"depths must be >= 1, got {depths}")
+    k = max([100, *depths])
+    qids = list(dataset.queries)
+    texts = [dataset.queries[q] for q in qids]
+    retrieval_ms: list[float] = []
+    hits_per_query = []
+    for text in texts:
+        start = time.perf_counter()
+        hits_per_query.append(index.search(text, k=k))
+        retrieval_ms.append((time.perf_counter() - start) * 1000)
+    retrieval_run = {q: {h.id: h.score for h in hits} for q, hits in zip(qids, hits_per_query, strict=True)}
+    report = EvaluationReport(
+        dataset=dataset.name,
+        queries=len(qids),
+        embedder=index.embedder.id,
+        reranker=reranker.key.model if reranker is not None else "",
+    )
+    report.stages.append(
+        StageResult(
+            "retrieval",
+            0,
+            ranx_metrics(dataset.qrels, retrieval_run),
+            statistics.median(retrieval_ms),
+            _p95(retrieval_ms),
+        )
+    )
+    if reranker is None or not depths:
+        return report
+    deepest = max(depths)
+    ce_scores: dict[str, list[float]] = {}
+    for qid, text, hits in tqdm(
+        list(zip(qids, texts, hits_per_query, strict=True)), desc="Reranking", disable=not show_progress
+    ):
+        ce_scores[qid] = reranker.predict([(text, h.text) for h in hits[:deepest]]).tolist()
+    sample = list(zip(texts, hits_per_query, strict=True))[:latency_queries]
+    for depth in depths:
+        run: dict[str, dict[str, float]] = {}
+        for qid, hits in zip(qids, hits_per_query, strict=True):
+            head = sorted(range(min(depth, len(hits))), key=lambda i: -ce_scores[qid][i])
+            ordered = [hits[i].id for i in head] + [h.id for h in hits[depth:]]
+            run[qid] = {doc: float(len(ordered) - pos) for pos, doc in enumerate(ordered)}
+        latencies = []
+        for text, hits in sample:
+            start = time.perf_counter()
+            reranker.rank(text, [h.text for h in hits[:depth]])
+            latencies.append((time.perf_counter() - start) * 1000)
+        report.stages.append(
+            StageResult(
+                f"rerank@{depth}",
+                depth,
+                ranx_metrics(dataset.qrels, run),
+                statistics.median(latencies) + report.stages[0].latency_ms_median,
+                _p95(latencies) + report.stages[0].latency_ms_p95,
+            )
+        )
+    return report
+
+
+def plot_report(report: EvaluationReport, path: str | Path) -> Path:
+    """Quality (nDCG@10, MRR@10) against rerank depth, with end-to-end latency on a second axis."""
+    require("matplotlib", "eval", purpose="plot_report")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    depths = [s.depth for s in report.stages]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for metric, style in (("ndcg@10", "o-"), ("mrr@10", "s--")):
+        ax.plot(depths, [s.metrics[metric] for s in report.stages], style, label=metric)
+    ax.set_xlabel("rerank depth (0 = bi-encoder retrieval only)")
+    ax.set_ylabel("quality")
+    ax.set_xticks(depths)
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(depths, [s.latency_ms_median for s in report.stages], "^:", color="tab:red", label="latency (median)")
+    ax2.set_ylabel("ms per query (retrieve + rerank)", color="tab:red")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower right")
+    title = f"{report.dataset}: {report.queries} queries, reranker {Path(report.reranker).name or 'none'}"
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
