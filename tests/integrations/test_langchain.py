@@ -1,0 +1,198 @@
+"""LangChain adapters with the real langchain-core, langchain-classic and langchain-tests."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import Document
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnablePassthrough
+from langchain_core.tools import create_retriever_tool
+from langchain_tests.integration_tests import RetrieversIntegrationTests
+
+from ce_rerank_plugins import CrossEncoderReranker
+from ce_rerank_plugins.integrations.langchain import (
+    CrossEncoderCompressor,
+    FaissRetriever,
+    RerankingRetriever,
+    context_runnable,
+    documents_to_context,
+)
+
+QUERY = "How many people live in Lyon?"
+
+
+@pytest.fixture(scope="module")
+def docs(sample_records) -> list[Document]:
+    return [
+        Document(page_content=r["text"], metadata={"source": r["source"], "chunk_index": r["chunk_index"]}, id=r["id"])
+        for r in sample_records
+    ]
+
+
+@pytest.fixture
+def compressor(tiny_ce_path) -> CrossEncoderCompressor:
+    return CrossEncoderCompressor(model=str(tiny_ce_path), top_n=3)
+
+
+class TestFaissRetrieverStandard(RetrieversIntegrationTests):
+    """The standard retriever suite of langchain-tests, unchanged."""
+
+    @pytest.fixture(autouse=True)
+    def _index(self, sample_index) -> None:
+        type(self)._sample_index = sample_index
+
+    @property
+    def retriever_constructor(self) -> type[FaissRetriever]:
+        return FaissRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict[str, Any]:
+        return {"index": type(self)._sample_index}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return QUERY
+
+
+def test_compressor_matches_core_and_leaves_inputs_untouched(compressor, docs, tiny_ce_path):
+    before = copy.deepcopy(docs)
+    out = compressor.compress_documents(docs, QUERY)
+    assert docs == before  # caller's documents unchanged, metadata included
+    core = CrossEncoderReranker(tiny_ce_path).rank(QUERY, [d.page_content for d in docs], top_n=3)
+    assert [d.id for d in out] == [docs[r.corpus_id].id for r in core]
+    assert [d.metadata["relevance_score"] for d in out] == [r.score for r in core]
+    assert [d.metadata["rerank_rank"] for d in out] == [1, 2, 3]
+    assert all(o is not docs[r.corpus_id] for o, r in zip(out, core, strict=True))
+    assert out[0].metadata["source"] == docs[core[0].corpus_id].metadata["source"]
+
+
+def test_compressor_threshold_min_keep_and_empty(tiny_ce_path, docs):
+    scores = sorted(
+        (r.score for r in CrossEncoderReranker(tiny_ce_path).rank(QUERY, [d.page_content for d in docs])),
+        reverse=True,
+    )
+    strict = CrossEncoderCompressor(model=str(tiny_ce_path), top_n=None, score_threshold=scores[4])
+    assert len(strict.compress_documents(docs, QUERY)) == 5
+    none_pass = CrossEncoderCompressor(model=str(tiny_ce_path), top_n=None, score_threshold=1.1, min_keep=2)
+    assert len(none_pass.compress_documents(docs, QUERY)) == 2
+    assert strict.compress_documents([], QUERY) == []
+    with pytest.raises(ValueError, match="top_n must be >= 1"):
+        CrossEncoderCompressor(model=str(tiny_ce_path), top_n=0)
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        CrossEncoderCompressor(model=str(tiny_ce_path), topn=3)
+
+
+def test_compressor_honours_callbacks(compressor, docs):
+    events: list[str] = []
+
+    class Recorder(BaseCallbackHandler):
+        def on_chain_start(self, serialized, inputs, **kwargs):
+            events.append(f"start:{kwargs.get('name')}:{inputs['documents']}")
+
+        def on_chain_end(self, outputs, **kwargs):
+            events.append(f"end:{len(outputs['documents'])}")
+
+    compressor.compress_documents(docs, QUERY, callbacks=[Recorder()])
+    assert events == [f"start:CrossEncoderCompressor:{len(docs)}", "end:3"]
+
+
+async def test_async_compression_equals_sync(compressor, docs):
+    sync = compressor.compress_documents(docs, QUERY)
+    got = await compressor.acompress_documents(docs, QUERY)
+    assert [d.id for d in got] == [d.id for d in sync]
+    assert [d.metadata["relevance_score"] for d in got] == pytest.approx(
+        [d.metadata["relevance_score"] for d in sync], abs=1e-6
+    )
+
+
+async def test_async_reranks_do_not_block_the_event_loop(tiny_ce_path, docs):
+    compressor = CrossEncoderCompressor(model=str(tiny_ce_path), top_n=3)
+    many = [Document(page_content=f"{d.page_content} variant {i}") for i in range(6) for d in docs]
+    beats: list[float] = []
+    done = asyncio.Event()
+
+    async def heartbeat() -> None:
+        while not done.is_set():
+            beats.append(time.perf_counter())
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(heartbeat())
+    start = time.perf_counter()
+    results = await asyncio.gather(*(compressor.acompress_documents(many, f"{QUERY} {i}") for i in range(8)))
+    elapsed = time.perf_counter() - start
+    done.set()
+    await task
+    assert all(len(r) == 3 for r in results)
+    gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
+    assert elapsed > 0.05
+    assert len(beats) >= 5
+    assert max(gaps) < max(0.25, elapsed / 3)  # the loop kept ticking while 8 reranks ran
+
+
+def test_inside_contextual_compression_retriever(compressor, sample_index):
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+
+    base = FaissRetriever(index=sample_index, k=10)
+    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base)
+    out = retriever.invoke(QUERY)
+    candidates = base.invoke(QUERY)
+    expected = compressor.compress_documents(candidates, QUERY)
+    assert [d.id for d in out] == [d.id for d in expected]
+    assert "retrieval_score" in out[0].metadata and "relevance_score" in out[0].metadata
+
+
+async def test_reranking_retriever_sync_and_async(compressor, sample_index):
+    retriever = RerankingRetriever(base_retriever=FaissRetriever(index=sample_index, k=10), compressor=compressor)
+    sync = retriever.invoke(QUERY)
+    assert len(sync) == 3
+    assert [d.id for d in await retriever.ainvoke(QUERY)] == [d.id for d in sync]
+
+
+def test_lcel_chain_with_fake_llm(compressor, sample_index):
+    retriever = RerankingRetriever(base_retriever=FaissRetriever(index=sample_index, k=10), compressor=compressor)
+    prompt = ChatPromptTemplate.from_template("Answer from the context.\n{context}\n\nQuestion: {question}")
+    llm = GenericFakeChatModel(messages=iter([AIMessage(content="About 522,000 people [lyon.md#0].")]))
+    captured: dict[str, Any] = {}
+
+    def remember(prompt_value):
+        captured["prompt"] = prompt_value.to_string()
+        return prompt_value
+
+    chain = (
+        {"context": retriever | context_runnable(max_tokens=400), "question": RunnablePassthrough()}
+        | prompt
+        | remember
+        | llm
+    )
+    answer = chain.invoke(QUERY)
+    assert answer.content.startswith("About 522,000")
+    top = retriever.invoke(QUERY)
+    assert f"[{top[0].metadata['source']}#{top[0].metadata['chunk_index']}]" in captured["prompt"]
+
+
+def test_agent_tool_call_through_reranking_retriever(compressor, sample_index):
+    retriever = RerankingRetriever(base_retriever=FaissRetriever(index=sample_index, k=10), compressor=compressor)
+    tool = create_retriever_tool(retriever, "search_notes", "Search the notes; returns the most relevant passages.")
+    call = {"name": "search_notes", "args": {"query": QUERY}, "id": "call-1", "type": "tool_call"}
+    model = GenericFakeChatModel(messages=iter([AIMessage(content="", tool_calls=[call])]))
+    message = model.invoke("How many people live in Lyon?")
+    assert message.tool_calls[0]["name"] == tool.name
+    result = tool.invoke(message.tool_calls[0])
+    assert isinstance(result, ToolMessage) and result.tool_call_id == "call-1"
+    for doc in retriever.invoke(QUERY):
+        assert doc.page_content in result.content
+
+
+def test_documents_to_context_budget_and_citations(docs):
+    ctx = documents_to_context(docs[:5], max_tokens=60)
+    assert ctx.included[0].citation == "lyon.md#0"
+    assert ctx.dropped  # 5 passages do not fit in 60 tokens: reported, not lost
+    assert len(ctx.included) + len(ctx.dropped) == 5
