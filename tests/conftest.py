@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import json
+from importlib.resources import files
+
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,3 +72,24 @@ def fresh_registry():
     SHARED_MODELS.clear()
     yield SHARED_MODELS
     SHARED_MODELS.clear()
+
+
+@pytest.fixture(scope="session")
+def sample_records() -> list[dict]:
+    """The 30 passages of the bundled sample corpus."""
+    text = (files("ce_rerank_plugins") / "data" / "sample_corpus.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def sample_index(sample_records):
+    """An exact FAISS index over the bundled sample corpus (real all-MiniLM-L6-v2 embeddings)."""
+    from ce_rerank_plugins.retrieval import FaissIndex
+
+    index = FaissIndex()
+    index.add(
+        [r["text"] for r in sample_records],
+        ids=[r["id"] for r in sample_records],
+        metadatas=[{"source": r["source"], "chunk_index": r["chunk_index"]} for r in sample_records],
+    )
+    return index

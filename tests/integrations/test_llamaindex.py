@@ -34,7 +34,9 @@ class EventCollector(BaseEventHandler):
 def nodes(sample_records) -> list[NodeWithScore]:
     return [
         NodeWithScore(
-            node=TextNode(id_=r["id"], text=r["text"], metadata={"source": r["source"], "chunk_index": r["chunk_index"]}),
+            node=TextNode(
+                id_=r["id"], text=r["text"], metadata={"source": r["source"], "chunk_index": r["chunk_index"]}
+            ),
             score=1.0 - i / 100,
         )
         for i, r in enumerate(sample_records)
@@ -138,7 +140,9 @@ def test_query_engine_tool_for_agents(postprocessor, sample_index):
 
 async def test_async_postprocess_does_not_block_the_loop(tiny_ce_path, nodes):
     postprocessor = CrossEncoderNodePostprocessor(model=str(tiny_ce_path), top_n=3)
-    many = [NodeWithScore(node=TextNode(text=f"{n.node.get_content()} v{i}"), score=0.5) for i in range(6) for n in nodes]
+    many = [
+        NodeWithScore(node=TextNode(text=f"{n.node.get_content()} v{i}"), score=0.5) for i in range(6) for n in nodes
+    ]
     beats: list[float] = []
     done = asyncio.Event()
 

@@ -1,0 +1,202 @@
+"""The ce-rerank command on tiny corpora: every command, and one-line errors with the right exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ce_rerank_plugins.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def docs_dir(tmp_path_factory, sample_records) -> Path:
+    root = tmp_path_factory.mktemp("docs")
+    (root / "lyon.md").write_text("\n".join(r["text"] for r in sample_records if r["source"] == "lyon.md"))
+    (root / "coffee.txt").write_text("\n".join(r["text"] for r in sample_records if r["source"] == "coffee.md"))
+    with (root / "sleep.jsonl").open("w") as fh:
+        for r in sample_records:
+            if r["source"] == "sleep.md":
+                fh.write(json.dumps({"id": r["id"], "text": r["text"], "topic": "sleep"}) + "\n")
+    (root / "ignored.csv").write_text("not,indexed\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def index_dir(docs_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("idx") / "index"
+    result = invoke("index", str(docs_dir), "--out", str(out), "--chunk-tokens", "64", "--overlap", "8")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def beir_dir(tmp_path_factory, sample_records) -> Path:
+    root = tmp_path_factory.mktemp("beir")
+    with (root / "corpus.jsonl").open("w") as fh:
+        for r in sample_records:
+            fh.write(json.dumps({"_id": r["id"], "title": "", "text": r["text"]}) + "\n")
+    queries = {"q0": "How many people live in Lyon?", "q1": "best water temperature for coffee", "q2": "nap length"}
+    with (root / "queries.jsonl").open("w") as fh:
+        for qid, text in queries.items():
+            fh.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\nq0\tlyon-00\t2\nq0\tlyon-01\t1\nq0\tlyon-08\t1\nq1\tcoffee-01\t1\nq2\tsleep-06\t1\n"
+    )
+    return root
+
+
+def test_help_lists_every_command():
+    result = subprocess.run([sys.executable, "-m", "ce_rerank_plugins.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("index", "query", "eval", "demo", "pairs", "train"):
+        assert command in result.stdout
+    for command in ("index", "query", "eval", "demo", "pairs", "train"):
+        assert invoke(command, "--help").exit_code == 0
+
+
+def test_index_reads_txt_md_jsonl_and_chunks(index_dir):
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    documents = [json.loads(line) for line in (index_dir / "documents.jsonl").read_text().splitlines()]
+    assert manifest["count"] == len(documents) > 10
+    sources = {d["metadata"]["source"] for d in documents}
+    assert sources == {"lyon.md", "coffee.txt", "sleep.jsonl"}
+    assert any(d["metadata"].get("topic") == "sleep" for d in documents)
+
+
+def test_query_table_json_and_context(index_dir, tiny_ce_path):
+    table = invoke(
+        "query", str(index_dir), "How many people live in Lyon?", "-k", "8", "-n", "3", "-m", str(tiny_ce_path)
+    )
+    assert table.exit_code == 0
+    assert "rerank score" in table.output and "retrieval score" in table.output
+    out = invoke(
+        "query",
+        str(index_dir),
+        "coffee temperature",
+        "-k",
+        "8",
+        "-n",
+        "2",
+        "--json",
+        "--context",
+        "-m",
+        str(tiny_ce_path),
+    )
+    assert out.exit_code == 0
+    payload = json.loads(out.output)
+    assert [r["rank"] for r in payload["results"]] == [1, 2]
+    assert {"rerank_score", "retrieval_score", "source", "text"} <= set(payload["results"][0])
+    assert payload["results"][0]["source"] in payload["context"]
+
+
+def test_eval_writes_json_and_png(beir_dir, tiny_ce_path, tmp_path):
+    result = invoke(
+        "eval",
+        str(beir_dir),
+        "--out-dir",
+        str(tmp_path),
+        "--depths",
+        "5,10",
+        "--latency-queries",
+        "2",
+        "-m",
+        str(tiny_ce_path),
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / f"{beir_dir.name}_eval.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["retrieval", "rerank@5", "rerank@10"]
+    assert report["queries"] == 3
+    for stage in report["stages"]:
+        assert set(stage["metrics"]) == {"ndcg@10", "mrr@10", "recall@10", "recall@100"}
+        assert 0 <= stage["metrics"]["ndcg@10"] <= 1 and stage["latency_ms_median"] > 0
+    assert (tmp_path / f"{beir_dir.name}_eval.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_demo_runs_offline(tiny_ce_path):
+    result = invoke("demo", "-m", str(tiny_ce_path))
+    assert result.exit_code == 0, result.output
+    assert "How many people live in Lyon?" in result.output
+    assert "bi-encoder rank" in result.output and "[lyon.md#" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["index", "{tmp}/missing", "--out", "{tmp}/o"], 1, "no such file or folder"),
+        (["index", "{empty}", "--out", "{tmp}/o"], 1, "no .txt, .md or .jsonl files found"),
+        (["index", "{tmp}/bad.csv", "--out", "{tmp}/o"], 2, "unsupported file type '.csv'"),
+        (["query", "{tmp}/missing", "question", "-m", "{model}"], 1, "no saved index at"),
+        (["query", "{tmp}", "   ", "-m", "{model}"], 2, "the question is empty"),
+        (["eval", "{noqrels}", "-m", "{model}"], 1, "qrels file .* is missing"),
+        (["eval", "{tmp}/missing", "-m", "{model}"], 1, "dataset directory .* does not exist"),
+        (["eval", "{tmp}", "--depths", "ten", "-m", "{model}"], 2, "--depths must be comma-separated integers"),
+        (["demo", "-m", "{tmp}/no-model/"], 1, "no cross-encoder model directory"),
+        (["train", "--out", "{tmp}/t", "--base", "{model}"], 2, "no training data"),
+        (["pairs", "--out", "{tmp}/p.jsonl"], 2, "nothing to do"),
+        (["query"], 2, "Missing argument"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_codes(args, code, message, tmp_path, tiny_ce_path, beir_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "bad.csv").write_text("x")
+    noqrels = tmp_path / "noqrels"
+    noqrels.mkdir()
+    (noqrels / "corpus.jsonl").write_text((beir_dir / "corpus.jsonl").read_text())
+    (noqrels / "queries.jsonl").write_text((beir_dir / "queries.jsonl").read_text())
+    filled = [a.format(tmp=tmp_path, empty=empty, model=tiny_ce_path, noqrels=noqrels) for a in args]
+    result = subprocess.run(
+        [sys.executable, "-m", "ce_rerank_plugins.cli", *filled], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    import re
+
+    assert re.search(message, result.stderr.replace("\n", " ")), result.stderr
+    if code == 1:
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1
+
+
+def test_pairs_and_train_commands(tmp_path, beir_dir, tiny_ce_path):
+    (beir_dir / "qrels" / "train.tsv").write_text((beir_dir / "qrels" / "test.tsv").read_text())
+    out = tmp_path / "pairs.jsonl"
+    made = invoke("pairs", "--out", str(out), "--beir", str(beir_dir), "--depth", "10", "--negatives", "3")
+    assert made.exit_code == 0, made.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sum(r["label"] == 1.0 for r in rows) == 5 and sum(r["label"] == 0.0 for r in rows) == 9
+    trained = invoke(
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--base",
+        str(tiny_ce_path),
+        "--pairs",
+        str(out),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-fraction",
+        "0.34",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+    )
+    assert trained.exit_code == 0, trained.output
+    record = json.loads((tmp_path / "run" / "training_run.json").read_text())
+    assert record["global_steps"] == 4 and record["eval_history"]
+    assert (tmp_path / "run" / "final" / "config.json").is_file()
