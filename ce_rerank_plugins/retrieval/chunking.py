@@ -49,7 +49,7 @@ class TokenChunker:
         offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         base = dict(metadata or {})
         step = self.chunk_tokens - self.overlap
-        chunks = []
+        chunks: list[Chunk] = []
         for start in range(0, len(offsets), step):
             stop = min(start + self.chunk_tokens, len(offsets))
             begin, end = offsets[start][0], offsets[stop - 1][1]

@@ -34,7 +34,7 @@ class LabeledPair:
 
 def _open_text(path: Path, mode: str) -> IO[str]:
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, mode.replace("t", "") + "b"), encoding="utf-8")
+        return io.TextIOWrapper(gzip.GzipFile(path, mode.replace("t", "")), encoding="utf-8")
     return path.open(mode, encoding="utf-8")
 
 
@@ -136,7 +136,7 @@ def beir_training_pairs(
     negatives = mine_hard_negatives(
         index, dataset.queries, positives, depth=depth, num_negatives=num_negatives, skip_top=skip_top, seed=seed
     )
-    pairs = []
+    pairs: list[LabeledPair] = []
     for qid, query in dataset.queries.items():
         pairs.extend(LabeledPair(query, dataset.doc_text(d), 1.0) for d in sorted(positives[qid]))
         pairs.extend(LabeledPair(query, dataset.doc_text(d), 0.0) for d in negatives[qid])
@@ -183,7 +183,7 @@ def inverse_cloze_pairs(
     negatives = mine_hard_negatives(
         index, queries, {q: {source[q]} for q in queries}, depth=depth, num_negatives=num_negatives, seed=seed
     )
-    pairs = []
+    pairs: list[LabeledPair] = []
     for qid, query in queries.items():
         pairs.append(LabeledPair(query, rest[qid], 1.0))
         for neg in negatives[qid]:
@@ -215,7 +215,7 @@ def climate_fever_pairs(path: str | os.PathLike[str], *, classes: bool = False) 
     return pairs
 
 
-def reranking_samples(pairs: Sequence[LabeledPair]) -> list[dict[str, object]]:
+def reranking_samples(pairs: Sequence[LabeledPair]) -> list[dict[str, str | list[str]]]:
     """Group pairs by query into the samples of sentence-transformers' reranking evaluator
     (``query``, ``positive`` list, ``documents`` list); queries without a positive, or with a single
     document (nothing to rank), are left out."""

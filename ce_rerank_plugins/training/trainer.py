@@ -158,7 +158,7 @@ def train_cross_encoder(
                 "the evaluation split has no query with a positive and at least two passages; "
                 "raise eval_fraction or add negatives"
             )
-        loss = BinaryCrossEntropyLoss(model)
+        loss: Any = BinaryCrossEntropyLoss(model)
         evaluator: Any = CrossEncoderRerankingEvaluator(
             reranking_samples(eval_pairs), at_k=10, always_rerank_positives=False, name="heldout", batch_size=64
         )
@@ -190,7 +190,7 @@ def train_cross_encoder(
         eval_strategy=strategy,
         save_strategy=strategy,
         eval_steps=config.eval_steps,
-        save_steps=config.eval_steps,
+        save_steps=config.eval_steps or 500,  # unused with the "epoch" strategy
         save_total_limit=2,
         load_best_model_at_end=True,
         metric_for_best_model=primary,
@@ -205,7 +205,7 @@ def train_cross_encoder(
     losses: list[float] = []
     evals: list[dict[str, float]] = []
 
-    class _Recorder(TrainerCallback):  # type: ignore[misc]
+    class _Recorder(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))

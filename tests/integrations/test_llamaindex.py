@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from llama_index.core.instrumentation import get_dispatcher
@@ -23,7 +24,7 @@ QUERY = "How many people live in Lyon?"
 
 
 class EventCollector(BaseEventHandler):
-    events: list[Any] = []
+    events: ClassVar[list[Any]] = []
 
     def handle(self, event: Any, **kwargs: Any) -> None:
         if isinstance(event, (ReRankStartEvent, ReRankEndEvent)):
@@ -157,7 +158,7 @@ async def test_async_postprocess_does_not_block_the_loop(tiny_ce_path, nodes):
     elapsed = time.perf_counter() - start
     done.set()
     await task
-    gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
     assert len(beats) >= 5
     assert max(gaps) < max(0.25, elapsed / 3)
 

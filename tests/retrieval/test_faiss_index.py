@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from ce_rerank_plugins import IndexFormatError
-from ce_rerank_plugins.retrieval import Embedder, FaissIndex, TokenChunker
-from ce_rerank_plugins.retrieval import _persistence
+from ce_rerank_plugins.retrieval import Embedder, FaissIndex, TokenChunker, _persistence
 
 TEXTS = [
     "Lyon had about 522,000 inhabitants in the city proper at the last census.",
@@ -137,7 +136,7 @@ def test_crash_mid_save_leaves_previous_index_loadable(index, tmp_path, monkeypa
     target = tmp_path / "ix"
     index.save(target)
     bigger = FaissIndex()
-    bigger.add(TEXTS + ["one more"])
+    bigger.add([*TEXTS, "one more"])
 
     def crash(*args, **kwargs):
         raise OSError("disk full (simulated)")
