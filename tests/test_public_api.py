@@ -1,0 +1,57 @@
+"""The public names: sorted __all__, importable without any framework, adapters importable on their own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import ce_rerank_plugins
+from ce_rerank_plugins import context, core, retrieval, training
+
+
+def _isort_key(name: str) -> tuple[int, str]:
+    # The order ruff's RUF022 keeps: CONSTANTS, then Classes, then functions, each alphabetical.
+    return (0 if name.isupper() else 1 if name[:1].isupper() else 2, name)
+
+
+def test_all_is_sorted_and_importable():
+    for module in (ce_rerank_plugins, core, retrieval, context, training):
+        assert list(module.__all__) == sorted(module.__all__, key=_isort_key), module.__name__
+        assert len(set(module.__all__)) == len(module.__all__)
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name}"
+
+
+def test_core_imports_no_framework_and_no_faiss():
+    code = (
+        "import sys, ce_rerank_plugins, ce_rerank_plugins.context;"
+        "bad = [m for m in ('langchain_core', 'llama_index', 'faiss') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_integrations_do_not_import_each_other():
+    for mine, other in (("langchain", "llama_index"), ("llamaindex", "langchain_core")):
+        code = f"import sys, ce_rerank_plugins.integrations.{mine}; sys.exit(1 if '{other}' in sys.modules else 0)"
+        assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0, mine
+
+
+def test_missing_extra_names_the_extra():
+    code = (
+        "import sys; sys.modules['faiss'] = None\n"
+        "from ce_rerank_plugins.retrieval import FaissIndex\n"
+        "try:\n    FaissIndex()\nexcept ImportError as e:\n"
+        "    sys.exit(0 if 'ce-rerank-plugins[faiss]' in str(e) else 1)\n"
+        "sys.exit(1)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False, capture_output=True).returncode == 0
+
+
+def test_no_pickle_and_no_remote_code_in_the_package():
+    from pathlib import Path
+
+    for path in Path(ce_rerank_plugins.__file__).parent.rglob("*.py"):
+        text = path.read_text()
+        assert "import pickle" not in text and "pickle.load" not in text, path
+        assert "trust_remote_code=True" not in text, path
