@@ -101,9 +101,11 @@ def time_per_query(fn, lists) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def concurrent_throughput(reranker: CrossEncoderReranker, lists, callers: int, rounds: int) -> float:
+def concurrent_throughput(
+    reranker: CrossEncoderReranker, lists, callers: int, rounds: int, candidates: int | None = None
+) -> float:
     barrier = threading.Barrier(callers)
-    work = [lists[i % len(lists)] for i in range(callers)]
+    work = [(q, docs[:candidates]) for q, docs in (lists[i % len(lists)] for i in range(callers))]
 
     def caller(i: int) -> None:
         query, docs = work[i]
@@ -186,15 +188,16 @@ def main() -> None:
         sweep[batch] = time_per_query(lambda q, docs, r=r: r.predict([(q, d) for d in docs]), lists[:3])[0]
 
     serial = CrossEncoderReranker(model_path, device="cpu", micro_batching=False)
-    one_by_one = concurrent_throughput(serial, lists, args.callers, args.rounds)
-    batched = concurrent_throughput(default, lists, args.callers, args.rounds)
-    concurrency = {
-        "callers": args.callers,
-        "one_by_one_pairs_per_s": one_by_one,
-        "micro_batched_pairs_per_s": batched,
-        "ratio": batched / one_by_one,
-        "max_requests_per_run": default.engine.batcher.stats.max_requests_per_run,
-    }
+    concurrency: dict[str, Any] = {"callers": args.callers}
+    for label, size, rounds in (("100_candidates", None, args.rounds), ("10_candidates", 10, args.rounds * 5)):
+        one_by_one = concurrent_throughput(serial, lists, args.callers, rounds, size)
+        batched = concurrent_throughput(default, lists, args.callers, rounds, size)
+        concurrency[label] = {
+            "one_by_one_pairs_per_s": one_by_one,
+            "micro_batched_pairs_per_s": batched,
+            "ratio": batched / one_by_one,
+        }
+    concurrency["max_requests_per_run"] = default.engine.batcher.stats.max_requests_per_run
 
     from ce_rerank_plugins.integrations.langchain import CrossEncoderCompressor
     from ce_rerank_plugins.integrations.llamaindex import CrossEncoderNodePostprocessor
@@ -229,10 +232,13 @@ def main() -> None:
             f"{r.get('top10_overlap_vs_fp32_min', 1.0):6.2f}"
         )
     print("\nbatch size (default path): " + ", ".join(f"{b}: {s:.3f}s" for b, s in sweep.items()))
-    print(
-        f"\n{args.callers} concurrent callers: one-by-one {one_by_one:.1f} pairs/s, micro-batched "
-        f"{batched:.1f} pairs/s, ratio {concurrency['ratio']:.2f}"
-    )
+    for label in ("100_candidates", "10_candidates"):
+        c = concurrency[label]
+        print(
+            f"\n{args.callers} concurrent callers, {label.replace('_', ' ')} each: one-by-one "
+            f"{c['one_by_one_pairs_per_s']:.1f} pairs/s, micro-batched {c['micro_batched_pairs_per_s']:.1f} "
+            f"pairs/s, ratio {c['ratio']:.2f}"
+        )
     print(
         f"\nRSS: 1 adapter {rss_one:.0f} MB, 10 adapters {rss_ten:.0f} MB "
         f"(+{100 * memory['growth_fraction']:.1f}%), {memory['distinct_models']} model object(s)"
