@@ -95,7 +95,8 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
     @property
     def core(self) -> CrossEncoderReranker:
         """The shared core reranker."""
-        assert self.reranker is not None  # set by the validator
+        if self.reranker is None:  # only if the validator was bypassed (e.g. model_construct)
+            raise RuntimeError("CrossEncoderCompressor has no reranker; create it with its constructor")
         return self.reranker
 
     def _rank_kwargs(self) -> dict[str, Any]:

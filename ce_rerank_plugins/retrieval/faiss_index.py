@@ -75,7 +75,8 @@ class FaissIndex:
         hnsw_m: HNSW graph degree.
         ef_search: HNSW search breadth (higher = better recall, slower).
         ef_construction: HNSW build breadth.
-        nlist: IVF list count; None picks ``4 * sqrt(n)`` from the first batch.
+        nlist: IVF list count; None picks ``sqrt(n)`` from the first batch (enough training points per
+            list for k-means; see the README's recall/speed table for nprobe).
         nprobe: IVF lists visited per query.
         show_progress: Progress bar while embedding; None shows it above a few hundred chunks.
 
@@ -128,7 +129,7 @@ class FaissIndex:
             base.hnsw.efConstruction = self.params["ef_construction"]
             base.hnsw.efSearch = self.params["ef_search"]
         else:
-            nlist = self.params["nlist"] or max(1, int(4 * math.sqrt(max(n_first, 1))))
+            nlist = self.params["nlist"] or max(1, int(math.sqrt(max(n_first, 1))))
             if n_first < nlist:
                 raise ValueError(
                     f"an IVF index with nlist={nlist} must be trained on at least {nlist} vectors, but the first "
