@@ -142,13 +142,9 @@ def pairs(
 
 
 def _index_corpus(corpus: dict[str, dict[str, str]], embedder: str | None) -> Any:
-    from ce_rerank_plugins.retrieval import FaissIndex
+    from ce_rerank_plugins.evaluation.rerank_eval import index_corpus
 
-    index = FaissIndex(embedder)
-    ids = list(corpus)
-    texts = [f"{corpus[i]['title']} {corpus[i]['text']}".strip() for i in ids]
-    index.add(texts, ids=ids)
-    return index
+    return index_corpus(corpus, embedder)
 
 
 @app.command()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,12 +70,19 @@ def ranx_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, floa
     return {m: float(scores[m]) for m in METRICS}
 
 
-def build_index(dataset: BeirDataset, embedder: str | None = None, *, show_progress: bool | None = None) -> FaissIndex:
-    """An exact FAISS index of the dataset's corpus (title and text embedded together, as BEIR does)."""
+def index_corpus(
+    corpus: Mapping[str, Mapping[str, str]], embedder: str | None = None, *, show_progress: bool | None = None
+) -> FaissIndex:
+    """An exact FAISS index of a BEIR-style corpus (title and text embedded together, as BEIR does)."""
     index = FaissIndex(embedder, show_progress=show_progress)
-    ids = list(dataset.corpus)
-    index.add([dataset.doc_text(i) for i in ids], ids=ids)
+    ids = list(corpus)
+    index.add([f"{corpus[i].get('title') or ''} {corpus[i]['text']}".strip() for i in ids], ids=ids)
     return index
+
+
+def build_index(dataset: BeirDataset, embedder: str | None = None, *, show_progress: bool | None = None) -> FaissIndex:
+    """An exact FAISS index of the dataset's corpus (see :func:`index_corpus`)."""
+    return index_corpus(dataset.corpus, embedder, show_progress=show_progress)
 
 
 def evaluate_reranking(
