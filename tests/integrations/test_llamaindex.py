@@ -6,9 +6,10 @@ import asyncio
 import copy
 import itertools
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -24,7 +25,7 @@ QUERY = "How many people live in Lyon?"
 
 
 class EventCollector(BaseEventHandler):
-    events: ClassVar[list[Any]] = []
+    events: list[Any] = Field(default_factory=list)
 
     def handle(self, event: Any, **kwargs: Any) -> None:
         if isinstance(event, (ReRankStartEvent, ReRankEndEvent)):
@@ -80,7 +81,6 @@ def test_postprocessor_options_and_errors(tiny_ce_path, nodes):
 
 async def test_async_postprocess_equals_sync_and_emits_events(postprocessor, nodes):
     collector = EventCollector()
-    collector.events = []
     root = get_dispatcher()
     root.add_event_handler(collector)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ce_rerank_plugins import IndexFormatError
+from ce_rerank_plugins import IndexFormatError, ModelLoadError
 from ce_rerank_plugins.retrieval import Embedder, FaissIndex, TokenChunker, _persistence
 
 TEXTS = [
@@ -162,7 +162,6 @@ def _saved(index: FaissIndex, tmp_path: Path) -> Path:
         (lambda d: (d / "index.faiss").write_bytes(b"garbage"), "corrupt: index.faiss does not match its checksum"),
         (lambda d: (d / "manifest.json").write_text("{not json"), "corrupt: not valid JSON"),
         (lambda d: _edit_manifest(d, format_version=99), "format version 99, newer than this library reads"),
-        (lambda d: _edit_manifest(d, embedding_model="other/model"), "built with embedding model 'other/model'"),
         (lambda d: _edit_manifest(d, format="pickle"), "is not a ce-rerank-faiss-index manifest"),
         (lambda d: _edit_manifest(d, count=99), "inconsistent: manifest count 99"),
         (lambda d: shutil.rmtree(d), "the directory does not exist"),
@@ -180,6 +179,16 @@ def _edit_manifest(directory: Path, **changes: object) -> None:
     manifest = json.loads(path.read_text())
     manifest.update(changes)
     path.write_text(json.dumps(manifest))
+
+
+def test_loading_with_another_embedding_model_is_refused(index, tmp_path):
+    directory = _saved(index, tmp_path)
+    _edit_manifest(directory, embedding_model="other/model")
+    with pytest.raises(IndexFormatError, match="built with embedding model 'other/model'"):
+        FaissIndex.load(directory, embedder=Embedder())
+    # Without an embedder, the one in the manifest is loaded, and its absence is named.
+    with pytest.raises(ModelLoadError, match="could not load bi-encoder 'other/model'"):
+        FaissIndex.load(directory)
 
 
 def test_loading_with_another_embedder_dimension_is_refused(index, tmp_path, tiny_ce_path):
