@@ -1,0 +1,34 @@
+"""A heartbeat that shows whether awaited work blocks the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def assert_loop_keeps_ticking(work: Awaitable[T], *, period: float = 0.005) -> T:
+    """Await ``work`` while a task ticks every ``period`` seconds; fail if the loop stalled meanwhile."""
+    beats: list[float] = []
+    done = asyncio.Event()
+
+    async def heartbeat() -> None:
+        while not done.is_set():
+            beats.append(time.perf_counter())
+            await asyncio.sleep(period)
+
+    task = asyncio.create_task(heartbeat())
+    start = time.perf_counter()
+    result = await work
+    elapsed = time.perf_counter() - start
+    done.set()
+    await task
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    assert elapsed > 0.05, "the work was too short to show anything"
+    assert len(beats) >= 5
+    assert max(gaps) < max(0.25, elapsed / 3), f"the loop stalled for {max(gaps):.3f}s of {elapsed:.3f}s"
+    return result
