@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +26,14 @@ class BeirDataset:
     qrels: dict[str, dict[str, int]]
 
     def doc_text(self, doc_id: str) -> str:
-        """Title and text joined as BEIR embeds them (title first when present)."""
-        doc = self.corpus[doc_id]
-        title = doc.get("title") or ""
-        return f"{title} {doc['text']}".strip() if title else doc["text"]
+        """Title and text joined as BEIR embeds them (see :func:`document_text`)."""
+        return document_text(self.corpus[doc_id])
+
+
+def document_text(doc: Mapping[str, str]) -> str:
+    """A BEIR document's title and text joined as BEIR embeds them (title first when present)."""
+    title = doc.get("title") or ""
+    return f"{title} {doc['text']}".strip() if title else doc["text"]
 
 
 def _read_jsonl(path: Path) -> list[dict[str, object]]:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins.core import CrossEncoderReranker
-from ce_rerank_plugins.evaluation.beir import BeirDataset
+from ce_rerank_plugins.evaluation.beir import BeirDataset, document_text
 from ce_rerank_plugins.retrieval import FaissIndex
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def index_corpus(
     """An exact FAISS index of a BEIR-style corpus (title and text embedded together, as BEIR does)."""
     index = FaissIndex(embedder, show_progress=show_progress)
     ids = list(corpus)
-    index.add([f"{corpus[i].get('title') or ''} {corpus[i]['text']}".strip() for i in ids], ids=ids)
+    index.add([document_text(corpus[i]) for i in ids], ids=ids)
     return index
 
 

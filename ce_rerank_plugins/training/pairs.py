@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from ce_rerank_plugins.evaluation.beir import document_text
+
 if TYPE_CHECKING:
     from ce_rerank_plugins.evaluation.beir import BeirDataset
     from ce_rerank_plugins.retrieval.faiss_index import FaissIndex
@@ -187,8 +189,7 @@ def inverse_cloze_pairs(
     for qid, query in queries.items():
         pairs.append(LabeledPair(query, rest[qid], 1.0))
         for neg in negatives[qid]:
-            doc = corpus[neg]
-            pairs.append(LabeledPair(query, f"{doc.get('title', '')} {doc['text']}".strip(), 0.0))
+            pairs.append(LabeledPair(query, document_text(corpus[neg]), 0.0))
     return pairs
 
 
