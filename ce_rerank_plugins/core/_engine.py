@@ -18,6 +18,7 @@ import torch
 
 from ce_rerank_plugins.core._loading import ModelKey, load_cross_encoder, to_precision
 from ce_rerank_plugins.core._microbatch import MicroBatcher, Pair
+from ce_rerank_plugins.core._onnx import ONNX_PRECISIONS, OnnxRunner, model_input_names, onnx_file
 from ce_rerank_plugins.core._probe import ProbeAgreement, compare_to_reference, probe_pairs
 from ce_rerank_plugins.core._scores import FloatArray
 
@@ -35,8 +36,17 @@ class ScoringEngine:
     Build one with :func:`build_engine`; share it through the registry.
     """
 
-    def __init__(self, model: Any, key: ModelKey, *, precision: str, probe: ProbeAgreement | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        key: ModelKey,
+        *,
+        precision: str,
+        probe: ProbeAgreement | None = None,
+        runner: OnnxRunner | None = None,
+    ) -> None:
         self.model = model
+        self.runner = runner
         self.key = key
         self.precision = precision
         self.probe = probe
@@ -95,15 +105,28 @@ class ScoringEngine:
                 idx = order[start : start + batch_size]
                 batch = [list(pairs[i]) for i in idx]
                 features = self.model.preprocess(batch, processing_kwargs=processing)
+                if self.runner is not None:
+                    out[idx] = self.runner(features).reshape(len(idx), -1)
+                    continue
                 features = {k: v.to(self.model.device) if torch.is_tensor(v) else v for k, v in features.items()}
                 scores = self.model(features)["scores"]
                 out[idx] = scores.float().reshape(len(idx), -1).cpu().numpy()
         return out
 
 
-def _probe_logits(engine_model: Any, key: ModelKey, precision: str) -> FloatArray:
-    engine = ScoringEngine(engine_model, key, precision=precision)
+def _probe_logits(engine_model: Any, key: ModelKey, precision: str, runner: OnnxRunner | None = None) -> FloatArray:
+    engine = ScoringEngine(engine_model, key, precision=precision, runner=runner)
     return engine.score_logits(probe_pairs(), batch_size=16)
+
+
+def _candidate(model: Any, key: ModelKey) -> tuple[Any, OnnxRunner | None]:
+    """The model object and, for ONNX paths, the runtime session that replaces its forward pass."""
+    if key.precision in ONNX_PRECISIONS:
+        if key.device != "cpu":
+            raise ValueError(f"precision {key.precision!r} runs on CPU only (ONNX Runtime), not on {key.device!r}")
+        names = model_input_names(model)
+        return model, OnnxRunner(onnx_file(model, key.model, key.precision, names), names)
+    return to_precision(copy.deepcopy(model), key.precision), None
 
 
 def build_engine(key: ModelKey, *, min_probe_spearman: float = DEFAULT_MIN_PROBE_SPEARMAN) -> ScoringEngine:
@@ -116,11 +139,11 @@ def build_engine(key: ModelKey, *, min_probe_spearman: float = DEFAULT_MIN_PROBE
     if key.precision == "fp32":
         return ScoringEngine(model, key, precision="fp32")
     reference = _probe_logits(model, key, "fp32")
-    candidate_model = to_precision(copy.deepcopy(model), key.precision)
-    agreement = compare_to_reference(reference, _probe_logits(candidate_model, key, key.precision))
+    candidate_model, runner = _candidate(model, key)
+    agreement = compare_to_reference(reference, _probe_logits(candidate_model, key, key.precision, runner))
     if agreement.acceptable(min_probe_spearman):
         del model
-        return ScoringEngine(candidate_model, key, precision=key.precision, probe=agreement)
+        return ScoringEngine(candidate_model, key, precision=key.precision, probe=agreement, runner=runner)
     reason = (
         f"{key.precision} changed probe rankings (min Spearman {agreement.min_spearman:.4f} < "
         f"{min_probe_spearman}, top-1 kept: {agreement.top1_agree}); using fp32 for {key.model!r}"

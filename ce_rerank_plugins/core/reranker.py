@@ -29,8 +29,8 @@ from ce_rerank_plugins.core._scores import (
 
 logger = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16"]
-_PRECISIONS = ("auto", "fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16", "onnx", "onnx-int8"]
+_PRECISIONS = ("auto", "fp32", "bf16", "onnx", "onnx-int8")
 
 #: The one registry of this process: every reranker with the same ModelKey shares one engine.
 SHARED_MODELS: ModelRegistry[ModelKey, ScoringEngine] = ModelRegistry()
@@ -106,8 +106,10 @@ class CrossEncoderReranker:
     Args:
         model: A local model directory or a Hugging Face Hub id.
         device: ``"auto"`` (cuda, then mps, then cpu) or a torch device string.
-        precision: ``"fp32"``, ``"bf16"``, or ``"auto"`` (bf16 where the hardware computes it natively,
-            kept only if it ranks a probe set like fp32).
+        precision: ``"fp32"``, ``"bf16"``, ``"onnx"`` / ``"onnx-int8"`` (ONNX Runtime on CPU, exported
+            and quantised locally, needs the ``onnx`` extra), or ``"auto"`` (bf16 where the hardware
+            computes it natively, else fp32). Every path but fp32 is kept only if it ranks a probe set
+            like fp32; otherwise fp32 is used and the reason logged.
         max_length: Token budget of a (query, passage) pair; the passage is truncated, never the query.
         batch_size: Pairs per forward pass (16 measured fastest on 2-core CPUs, see the README).
         score_mode: ``"auto"`` (the model's own activation), ``"logits"``, ``"sigmoid"`` or ``"softmax"``.

@@ -66,7 +66,7 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
     min_keep: int = Field(default=0, description="Keep at least this many even below the threshold.")
     score_mode: str = Field(default="auto", description="auto | logits | sigmoid | softmax.")
     device: str = Field(default="auto", description="auto | cpu | cuda | mps.")
-    precision: str = Field(default="auto", description="auto (bf16 where native, probe-checked) | bf16 | fp32.")
+    precision: str = Field(default="auto", description="auto | fp32 | bf16 | onnx | onnx-int8 (probe-checked vs fp32).")
     max_length: int | None = Field(default=None, description="Token budget of a (query, passage) pair.")
     batch_size: int = Field(default=16, description="Pairs per forward pass.")
     trust_remote_code: bool = Field(default=False, description="Allow custom model code (off by default).")

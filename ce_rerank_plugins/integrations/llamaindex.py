@@ -64,7 +64,7 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
         default="none", description="What of the node the model reads (none | embed | llm | all)."
     )
     device: str = Field(default="auto", description="auto | cpu | cuda | mps.")
-    precision: str = Field(default="auto", description="auto (bf16 where native, probe-checked) | bf16 | fp32.")
+    precision: str = Field(default="auto", description="auto | fp32 | bf16 | onnx | onnx-int8 (probe-checked vs fp32).")
     max_length: int | None = Field(default=None, description="Token budget of a (query, passage) pair.")
     batch_size: int = Field(default=16, description="Pairs per forward pass.")
     trust_remote_code: bool = Field(default=False, description="Allow custom model code (off by default).")
