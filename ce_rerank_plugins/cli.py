@@ -5,11 +5,12 @@ Exit codes: 0 success, 1 failure (one-line message, no traceback), 2 usage error
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -30,6 +31,8 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+PRECISION_HELP = "auto | bf16 | fp32 | onnx | onnx-int8 (ONNX: CPU, needs the onnx extra); probe-checked vs fp32."
 
 ModelOpt = Annotated[
     str | None,
@@ -171,7 +174,7 @@ def train(
     ] = None,
     eval_fraction: Annotated[float, typer.Option(help="Held-out share of queries for evaluation.")] = 0.05,
     patience: Annotated[int | None, typer.Option(help="Early stopping patience in evaluations.")] = None,
-    precision: Annotated[str, typer.Option(help="auto | bf16 | fp32.")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     negatives: Annotated[int, typer.Option(help="Mined negatives per query with --data.")] = 4,
     depth: Annotated[int, typer.Option(help="Mining depth with --data.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed.")] = 12,
@@ -359,7 +362,7 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     context: Annotated[bool, typer.Option("--context", help="Print the assembled LLM context.")] = False,
     max_tokens: Annotated[int, typer.Option(help="Context token budget with --context.")] = 1500,
-    precision: Annotated[str, typer.Option(help="auto | bf16 | fp32.")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     model: ModelOpt = None,
 ) -> None:
     """Retrieve then rerank; print a table (or JSON), optionally the LLM context with citations."""
@@ -423,7 +426,7 @@ def eval_command(
     max_queries: Annotated[int | None, typer.Option(help="Evaluate only the first N judged queries.")] = None,
     latency_queries: Annotated[int, typer.Option(help="Queries timed per depth.")] = 20,
     no_rerank: Annotated[bool, typer.Option("--no-rerank", help="Evaluate retrieval only.")] = False,
-    precision: Annotated[str, typer.Option(help="auto | bf16 | fp32.")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     model: ModelOpt = None,
     embedder: EmbedderOpt = None,
 ) -> None:
@@ -474,11 +477,25 @@ def eval_command(
     console.print(f"wrote {json_path} and {png_path}")
 
 
-DEMO_QUESTIONS = (
-    "How many people live in Lyon?",
-    "What water temperature should I use to brew coffee?",
-    "Why does an afternoon coffee keep me awake at night?",
+#: The demo's questions, each with the sample-corpus records that answer it (our own judgements of our
+#: own corpus), so the demo can say whether reranking moved the answer up or down.
+DEMO_QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("How many people live in Lyon?", ("lyon-00", "lyon-01")),
+    ("What water temperature should I use to brew coffee?", ("coffee-01",)),
+    ("Why does an afternoon coffee keep me awake at night?", ("sleep-02",)),
 )
+
+
+def answer_movement(result: Any, answer_ids: Sequence[str]) -> tuple[int | None, int | None]:
+    """Best 1-based position of an answering record before (bi-encoder) and after reranking.
+
+    ``result`` is a :class:`~ce_rerank_plugins.pipeline.PipelineResult` that reranked every retrieved
+    chunk; chunk ids are ``<record id>#<chunk>``. ``(None, None)`` when no answer was retrieved.
+    """
+    hits = [r for r in result.reranked if r.hit.id.split("#", 1)[0] in set(answer_ids)]
+    if not hits:
+        return None, None
+    return min(r.retrieval_position for r in hits), min(r.rerank_position for r in hits)
 
 
 @app.command()
@@ -520,9 +537,11 @@ def demo(
         f"[bold]ce-rerank demo[/bold]: {len(loaded)} chunks from the bundled sample corpus, "
         f"embedder {loaded.embedder.id}, cross-encoder {reranker.key.model} ({reranker.precision})"
     )
-    pipeline = RetrieveRerankPipeline(loaded, reranker, k=k, top_n=n)
-    for question in DEMO_QUESTIONS:
-        result = pipeline.run(question)
+    pipeline = RetrieveRerankPipeline(loaded, reranker, k=k, top_n=k)  # rerank all k, show the top n
+    verdicts: list[str] = []
+    for question, answer_ids in DEMO_QUESTIONS:
+        full = pipeline.run(question)
+        result = dataclasses.replace(full, reranked=full.reranked[:n])
         table = Table(title=f"Q: {question}", title_justify="left")
         for col in ("rank", "rerank score", "bi-encoder rank", "bi-encoder score", "passage"):
             table.add_column(col, overflow="fold")
@@ -537,12 +556,29 @@ def demo(
                 _snippet(r.hit.text, 80),
             )
         console.print(table)
+        before, after = answer_movement(full, answer_ids)
+        if before is None or after is None:
+            verdicts.append("not retrieved")
+            console.print(f"The answering passage ({', '.join(answer_ids)}) was not in the top {k} retrieved.")
+        else:
+            verdict = "better" if after < before else ("worse" if after > before else "unchanged")
+            verdicts.append(verdict)
+            style = {"better": "green", "worse": "red"}.get(verdict, "white")
+            console.print(
+                f"The answering passage ({', '.join(answer_ids)}): bi-encoder #{before} -> reranked #{after} "
+                f"[bold {style}]({verdict})[/bold {style}]"
+            )
         ctx = result.context(max_tokens=120)
         console.print(
             f"retrieval {result.retrieval_seconds * 1000:.0f} ms, rerank {result.rerank_seconds * 1000:.0f} ms; "
             f"context for the LLM ({ctx.tokens} tokens, {len(ctx.dropped)} chunk(s) over budget):"
         )
         console.print(ctx.text + "\n", highlight=False, markup=False, style="dim")
+    counts = {v: verdicts.count(v) for v in ("better", "unchanged", "worse", "not retrieved") if v in verdicts}
+    console.print(
+        f"[bold]Summary:[/bold] reranking put the answering passage higher for {verdicts.count('better')} of "
+        f"{len(verdicts)} questions (" + ", ".join(f"{c} {v}" for v, c in counts.items()) + ")."
+    )
     if untrained:
         console.print("[yellow]Reminder: an untrained reranker produced the order above (see the warning).[/yellow]")
 

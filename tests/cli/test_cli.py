@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,38 @@ def test_demo_runs_offline(tiny_ce_path):
     assert result.exit_code == 0, result.output
     assert "How many people live in Lyon?" in result.output
     assert "bi-encoder rank" in result.output and "[lyon.md#" in result.output
+    # Each question says where its answering passage went; a summary counts the verdicts.
+    assert result.output.count("The answering passage (") == 3
+    assert re.search(r"Summary: reranking put the answering passage higher for [0-3] of 3 questions", result.output)
+
+
+def _result(order_after: list[str], order_before: list[str]):
+    from ce_rerank_plugins.pipeline import PipelineResult, RankedHit
+    from ce_rerank_plugins.retrieval import SearchHit
+
+    hits = {i: SearchHit(id=i, score=0.5, text=i, metadata={}) for i in order_before}
+    reranked = [
+        RankedHit(
+            hit=hits[i], rerank_score=1.0 - pos / 10, rerank_position=pos, retrieval_position=order_before.index(i) + 1
+        )
+        for pos, i in enumerate(order_after, 1)
+    ]
+    return PipelineResult("q", [hits[i] for i in order_before], reranked, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("after", "answers", "expected"),
+    [
+        (["b#0", "a#0", "c#1"], ("b",), (2, 1)),  # moved up
+        (["a#0", "c#1", "b#0"], ("b",), (2, 3)),  # moved down
+        (["c#1", "a#0", "b#0"], ("a", "c"), (1, 1)),  # best of several answers, chunk suffix ignored
+        (["a#0", "b#0", "c#1"], ("zzz",), (None, None)),  # not retrieved
+    ],
+)
+def test_demo_answer_movement(after, answers, expected):
+    from ce_rerank_plugins.cli import answer_movement
+
+    assert answer_movement(_result(after, ["a#0", "b#0", "c#1"]), answers) == expected
 
 
 @pytest.mark.parametrize(
