@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--model", nargs="+", required=True)
     parser.add_argument("--datasets", nargs="+", default=["scifact", "msmarco"])
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--limit", type=int, help="score only the first N queries of each set (quick checks)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report: dict[str, dict[str, float]] = {}
@@ -44,13 +46,14 @@ def main() -> None:
             for line in fh:
                 row = json.loads(line)
                 corpus[str(row["_id"])] = f"{row.get('title') or ''} {row['text']}".strip()
-        base = [ndcg10(record["qrels"][q], [d for d, _ in c]) for q, c in record["candidates"].items()]
+        candidates = dict(list(record["candidates"].items())[: args.limit])
+        base = [ndcg10(record["qrels"][q], [d for d, _ in c]) for q, c in candidates.items()]
         report.setdefault("bi-encoder", {})[name] = float(np.mean(base))
         for model in args.model:
-            reranker = CrossEncoderReranker(model, precision=args.precision, batch_size=128, max_length=256)
+            reranker = CrossEncoderReranker(model, precision=args.precision, batch_size=32, max_length=args.max_length)
             scores = []
             start = time.perf_counter()
-            for q, cands in record["candidates"].items():
+            for q, cands in candidates.items():
                 ids = [d for d, _ in cands]
                 ranked = reranker.rank(record["queries"][q], [corpus[d] for d in ids])
                 scores.append(ndcg10(record["qrels"][q], [ids[r.corpus_id] for r in ranked]))
