@@ -106,12 +106,37 @@ def load_cross_encoder(key: ModelKey) -> Any:
     return model
 
 
+#: Submodules kept in fp32 under bf16: the pooler and classifier that turn the last hidden state into the
+#: score. They are a sliver of the compute, and their bf16 rounding is what reorders near-tied candidates
+#: (measured on a trained MiniLM-L6: top-10 overlap with fp32 0.90 -> 1.00 at the same speed; keeping
+#: LayerNorms in fp32 too gained nothing more and cost ~5%. See the README's performance section).
+FP32_HEAD_NAMES = ("pooler", "classifier", "score")
+
+
+def _inputs_to_fp32(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
 def to_precision(model: Any, precision: str) -> Any:
-    """Cast the model's weights once, at load time (never per call on a shared model)."""
-    if precision == "bf16":
-        model.to(torch.bfloat16)
-    elif precision != "fp32":
+    """Cast the model's weights once, at load time (never per call on a shared model).
+
+    ``bf16`` casts the encoder to bfloat16 but keeps the scoring head (pooler, classifier) in fp32,
+    casting the final hidden state up at its entrance.
+    """
+    if precision == "fp32":
+        return model
+    if precision != "bf16":
         raise ValueError(f"unknown precision {precision!r}")
+    model.to(torch.bfloat16)
+    kept: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(f"{prefix}.") for prefix in kept):
+            continue  # inside a head already kept in fp32
+        if name.rsplit(".", 1)[-1] not in FP32_HEAD_NAMES or next(module.parameters(), None) is None:
+            continue
+        kept.append(name)
+        module.float()
+        module.register_forward_pre_hook(_inputs_to_fp32)
     return model
 
 

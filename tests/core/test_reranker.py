@@ -360,3 +360,23 @@ def test_ranked_result_is_immutable():
     result = RankedResult(0, 1.0)
     with pytest.raises(AttributeError):
         result.score = 2.0  # type: ignore[misc]
+
+
+def test_bf16_keeps_the_scoring_head_in_fp32(tiny_ce_path):
+    # The encoder goes to bf16; pooler and classifier stay fp32, the hidden state is cast up to enter them.
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from ce_rerank_plugins.core._loading import to_precision
+
+    model = CrossEncoder(str(tiny_ce_path), device="cpu")
+    pairs = [(QUERY, p) for p in PASSAGES]
+    reference = model.predict(pairs, activation_fn=torch.nn.Identity())
+    to_precision(model, "bf16")
+    hf = model[0].model
+    assert hf.bert.encoder.layer[0].attention.self.query.weight.dtype == torch.bfloat16
+    assert hf.bert.encoder.layer[0].output.LayerNorm.weight.dtype == torch.bfloat16
+    assert hf.bert.pooler.dense.weight.dtype == torch.float32 and hf.classifier.weight.dtype == torch.float32
+    scores = model.predict(pairs, activation_fn=torch.nn.Identity())
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, reference, atol=2e-2)
