@@ -80,7 +80,9 @@ def main() -> None:
     rng.shuffle(pairs)
     write_pairs(pairs, args.out)
     examples = "; ".join(queries[q][0] for q in qids[:5])
-    print(f"{len(pairs)} pairs: {n_new} from {len(qids)} pseudo-queries (e.g. {examples}), {len(pairs) - n_new} replayed")
+    print(
+        f"{len(pairs)} pairs: {n_new} from {len(qids)} pseudo-queries (e.g. {examples}), {len(pairs) - n_new} replayed"
+    )
 
 
 if __name__ == "__main__":
