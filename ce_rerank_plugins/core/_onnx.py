@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ce_rerank_plugins._files import sha256_file
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins.core._scores import FloatArray
 
@@ -40,14 +41,6 @@ def weights_sha256(model: torch.nn.Module) -> str:
         data = tensor.detach().contiguous().cpu()
         digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 
@@ -81,7 +74,7 @@ def _cached_file(directory: Path, filename: str, model_hash: str) -> Path | None
     path = directory / filename
     if not expected or not path.is_file():
         return None
-    if _file_sha256(path) != expected:
+    if sha256_file(path) != expected:
         logger.warning("ONNX cache file %s does not match its manifest checksum; rebuilding it", path)
         return None
     return path
@@ -93,7 +86,7 @@ def _record(directory: Path, filename: str, model_hash: str) -> None:
         manifest = {"model_sha256": model_hash, "files": {}}
     ort = require("onnxruntime", "onnx", purpose="The ONNX inference path")
     manifest.update({"opset": OPSET, "torch": torch.__version__, "onnxruntime": ort.__version__})
-    manifest["files"][filename] = _file_sha256(directory / filename)
+    manifest["files"][filename] = sha256_file(directory / filename)
     _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
 
 

@@ -14,7 +14,6 @@ the previous index as it was. Loading checks everything the manifest states and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ce_rerank_plugins._files import sha256_file
 from ce_rerank_plugins.errors import IndexFormatError
 from ce_rerank_plugins.retrieval._embedder import Embedder, embedder_id
 
@@ -36,14 +36,6 @@ FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 DOCUMENTS_FILE = "documents.jsonl"
 MANIFEST_FILE = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -81,7 +73,7 @@ def _write_files(index: FaissIndex, tmp: Path) -> None:
         "count": len(index),
         "next_id": index._next_id,
         "deleted_faiss_ids": sorted(index._deleted),
-        "checksums": {name: _sha256(tmp / name) for name in (INDEX_FILE, DOCUMENTS_FILE)},
+        "checksums": {name: sha256_file(tmp / name) for name in (INDEX_FILE, DOCUMENTS_FILE)},
     }
     with (tmp / MANIFEST_FILE).open("w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=True)
@@ -152,7 +144,7 @@ def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] |
         if not path.is_file():
             raise IndexFormatError(f"the index at {str(directory)!r} is incomplete: {name} is missing")
         expected = manifest["checksums"].get(name)
-        if _sha256(path) != expected:
+        if sha256_file(path) != expected:
             raise IndexFormatError(f"the index at {str(directory)!r} is corrupt: {name} does not match its checksum")
     stored_model = manifest["embedding_model"]
     if embedder is None:
