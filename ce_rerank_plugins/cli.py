@@ -492,7 +492,8 @@ def answer_movement(result: Any, answer_ids: Sequence[str]) -> tuple[int | None,
     ``result`` is a :class:`~ce_rerank_plugins.pipeline.PipelineResult` that reranked every retrieved
     chunk; chunk ids are ``<record id>#<chunk>``. ``(None, None)`` when no answer was retrieved.
     """
-    hits = [r for r in result.reranked if r.hit.id.split("#", 1)[0] in set(answer_ids)]
+    answers = set(answer_ids)
+    hits = [r for r in result.reranked if r.hit.id.split("#", 1)[0] in answers]
     if not hits:
         return None, None
     return min(r.retrieval_position for r in hits), min(r.rerank_position for r in hits)
