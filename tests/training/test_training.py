@@ -38,19 +38,21 @@ def relevance_pairs(n_queries: int = 48, seed: int = 0) -> list[LabeledPair]:
     return pairs
 
 
+def quick_config(base_model, output_dir, **overrides) -> TrainingConfig:
+    """A few fast fp32 CPU steps on a tiny model, evaluating on a 20% held-out split."""
+    settings = {
+        "batch_size": 16,
+        "learning_rate": 1e-3,
+        "eval_fraction": 0.2,
+        "precision": "fp32",
+        "device": "cpu",
+        "show_progress": False,
+    }
+    return TrainingConfig(base_model=str(base_model), output_dir=str(output_dir), **{**settings, **overrides})
+
+
 def test_train_save_reload_loss_falls_and_evaluator_runs(tiny_ce_path, tmp_path):
-    config = TrainingConfig(
-        base_model=str(tiny_ce_path),
-        output_dir=str(tmp_path / "run"),
-        max_steps=60,
-        batch_size=16,
-        learning_rate=1e-3,
-        eval_steps=30,
-        eval_fraction=0.2,
-        precision="fp32",
-        device="cpu",
-        show_progress=False,
-    )
+    config = quick_config(tiny_ce_path, tmp_path / "run", max_steps=60, eval_steps=30)
     result = train_cross_encoder(relevance_pairs(), config)
     assert result.global_steps == 60
     assert np.mean(result.loss_history[-3:]) < np.mean(result.loss_history[:3])
@@ -70,19 +72,11 @@ def test_train_save_reload_loss_falls_and_evaluator_runs(tiny_ce_path, tmp_path)
 
 
 def test_resume_from_checkpoint(tiny_ce_path, tmp_path):
-    base = {
-        "base_model": str(tiny_ce_path),
-        "output_dir": str(tmp_path / "run"),
-        "batch_size": 16,
-        "learning_rate": 1e-3,
-        "eval_steps": 10,
-        "eval_fraction": 0.2,
-        "precision": "fp32",
-        "device": "cpu",
-        "show_progress": False,
-    }
-    train_cross_encoder(relevance_pairs(), TrainingConfig(**base, max_steps=10))
-    resumed = train_cross_encoder(relevance_pairs(), TrainingConfig(**base, max_steps=20, resume=True))
+    run = tmp_path / "run"
+    train_cross_encoder(relevance_pairs(), quick_config(tiny_ce_path, run, eval_steps=10, max_steps=10))
+    resumed = train_cross_encoder(
+        relevance_pairs(), quick_config(tiny_ce_path, run, eval_steps=10, max_steps=20, resume=True)
+    )
     assert resumed.global_steps == 20
     assert len(resumed.eval_history) == 1  # only the evaluation after step 20 ran again
 
@@ -96,20 +90,7 @@ def test_three_class_training(tiny_nli_path, tmp_path):
         pairs.append(LabeledPair(f"claim {i} the sky is blue", "cats like fish", 2.0))
     result = train_cross_encoder(
         pairs,
-        TrainingConfig(
-            base_model=str(tiny_nli_path),
-            output_dir=str(tmp_path / "nli"),
-            num_labels=3,
-            labels=labels,
-            max_steps=40,
-            batch_size=16,
-            learning_rate=1e-3,
-            eval_steps=40,
-            eval_fraction=0.2,
-            precision="fp32",
-            device="cpu",
-            show_progress=False,
-        ),
+        quick_config(tiny_nli_path, tmp_path / "nli", num_labels=3, labels=labels, max_steps=40, eval_steps=40),
     )
     assert result.primary_metric == "eval_heldout_f1_macro"
     assert any("eval_heldout_f1_macro" in e for e in result.eval_history)
