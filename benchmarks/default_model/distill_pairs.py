@@ -14,25 +14,26 @@ No test query or test judgement is read: MS MARCO and SciFact contribute corpus 
 from __future__ import annotations
 
 import argparse
-import math
 import random
 from pathlib import Path
 
 import numpy as np
 
-from ce_rerank_plugins.evaluation.beir import document_text, load_beir
+from ce_rerank_plugins.evaluation.beir import load_beir
+from ce_rerank_plugins.evaluation.rerank_eval import index_corpus
 from ce_rerank_plugins.retrieval import FaissIndex
 from ce_rerank_plugins.training.pairs import LabeledPair, split_sentences, write_pairs
 
 
-def soft_labels(cosines: np.ndarray, tau: float) -> np.ndarray:
-    centred = (cosines - cosines.mean()) / tau
-    return 0.45 / (1.0 + np.exp(-centred))
+def soft_labels(cosines: np.ndarray, tau: float, cap: float = 0.45) -> np.ndarray:
+    """The teacher's label for unlabelled candidates: ``cap * sigmoid((cos - mean_cos) / tau)``."""
+    if cosines.size == 0:
+        return cosines
+    return cap / (1.0 + np.exp(-(cosines - cosines.mean()) / tau))
 
 
 def pairs_for(
     index: FaissIndex,
-    texts: dict[str, str],
     queries: dict[str, str],
     positives: dict[str, dict[str, str]],
     depth: int,
@@ -45,10 +46,10 @@ def pairs_for(
     for qid, hits in zip(qids, rows, strict=True):
         known = positives.get(qid, {})
         others = [h for h in hits if h.id not in known]
-        labels = soft_labels(np.array([h.score for h in others], dtype=np.float64), tau) if others else []
+        labels = soft_labels(np.array([h.score for h in others], dtype=np.float64), tau)
         pairs.extend(LabeledPair(queries[qid], passage, 1.0) for passage in known.values())
         for hit, label in zip(others, labels, strict=True):
-            pairs.append(LabeledPair(queries[qid], texts[hit.id], round(float(label), 4)))
+            pairs.append(LabeledPair(queries[qid], hit.text, round(float(label), 4)))
     return pairs
 
 
@@ -90,23 +91,18 @@ def main() -> None:
     pairs: list[LabeledPair] = []
 
     scifact = load_beir(args.scifact, "train")
-    texts = {i: document_text(d) for i, d in scifact.corpus.items()}
-    index = FaissIndex()
-    index.add(list(texts.values()), ids=list(texts))
+    index = index_corpus(scifact.corpus)
     train_q = {q: scifact.queries[q] for q in scifact.qrels}
-    train_pos = {q: {d: texts[d] for d, g in rel.items() if g > 0} for q, rel in scifact.qrels.items()}
-    pairs += pairs_for(index, texts, train_q, train_pos, args.depth, args.tau)
+    train_pos = {q: {d: scifact.doc_text(d) for d, g in rel.items() if g > 0} for q, rel in scifact.qrels.items()}
+    pairs += pairs_for(index, train_q, train_pos, args.depth, args.tau)
     n_train = len(pairs)
     ict_q, ict_pos = inverse_cloze(scifact.corpus, args.ict_scifact, rng, min_words=8)
-    pairs += pairs_for(index, texts, ict_q, ict_pos, args.depth, args.tau)
+    pairs += pairs_for(index, ict_q, ict_pos, args.depth, args.tau)
     n_ict_scifact = len(pairs) - n_train
 
     msmarco = load_beir(args.msmarco, "test")  # corpus only: its queries and qrels are not read
-    ms_texts = {i: document_text(d) for i, d in msmarco.corpus.items()}
-    ms_index = FaissIndex()
-    ms_index.add(list(ms_texts.values()), ids=list(ms_texts))
     ms_q, ms_pos = inverse_cloze(msmarco.corpus, args.ict_msmarco, rng, min_words=6)
-    pairs += pairs_for(ms_index, ms_texts, ms_q, ms_pos, args.depth, args.tau)
+    pairs += pairs_for(index_corpus(msmarco.corpus), ms_q, ms_pos, args.depth, args.tau)
     n_ms = len(pairs) - n_train - n_ict_scifact
 
     rng.shuffle(pairs)
@@ -115,8 +111,7 @@ def main() -> None:
     print(
         f"{len(pairs)} pairs ({n_train} SciFact train, {n_ict_scifact} SciFact inverse-cloze, "
         f"{n_ms} MS MARCO inverse-cloze); {positives} labelled positives; "
-        f"mean soft label {np.mean([p.label for p in pairs if p.label < 1]):.3f}; tau {args.tau}; "
-        f"sigmoid check {0.45 / (1 + math.exp(0)):.3f}"
+        f"mean soft label {np.mean([p.label for p in pairs if p.label < 1]):.3f}; tau {args.tau}"
     )
 
 

@@ -17,9 +17,10 @@ import re
 from pathlib import Path
 
 import numpy as np
+from distill_pairs import soft_labels
 
-from ce_rerank_plugins.evaluation.beir import document_text, load_beir
-from ce_rerank_plugins.retrieval import FaissIndex
+from ce_rerank_plugins.evaluation.beir import load_beir
+from ce_rerank_plugins.evaluation.rerank_eval import index_corpus
 from ce_rerank_plugins.training.pairs import LabeledPair, read_pairs, write_pairs
 
 DEFINITION = re.compile(r"^(?:the |an |a )?([a-z0-9][a-z0-9 '()-]{2,50}?)\s+(is|are|was|were|refers to|means)\s", re.I)
@@ -60,20 +61,17 @@ def main() -> None:
     rng = random.Random(args.seed)
 
     dataset = load_beir(args.corpus, "test")  # corpus only
-    texts = {i: document_text(d) for i, d in dataset.corpus.items()}
-    index = FaissIndex()
-    index.add(list(texts.values()), ids=list(texts))
+    index = index_corpus(dataset.corpus)
     queries = pseudo_queries(dataset.corpus, args.queries, rng)
     qids = list(queries)
     rows = index.search_many([queries[q][0] for q in qids], k=args.depth)
     pairs: list[LabeledPair] = []
     for qid, hits in zip(qids, rows, strict=True):
         query, source = queries[qid]
-        pairs.append(LabeledPair(query, texts[source], 1.0))
+        pairs.append(LabeledPair(query, dataset.doc_text(source), 1.0))
         others = [h for h in hits if h.id != source]
-        cos = np.array([h.score for h in others], dtype=np.float64)
-        soft = 1.0 / (1.0 + np.exp(-(cos - cos.mean()) / args.tau))
-        pairs.extend(LabeledPair(query, texts[h.id], round(float(s), 4)) for h, s in zip(others, soft, strict=True))
+        soft = soft_labels(np.array([h.score for h in others], dtype=np.float64), args.tau, cap=1.0)
+        pairs.extend(LabeledPair(query, h.text, round(float(s), 4)) for h, s in zip(others, soft, strict=True))
     n_new = len(pairs)
     replay = read_pairs(args.replay)
     pairs += rng.sample(replay, min(args.replay_pairs, len(replay)))

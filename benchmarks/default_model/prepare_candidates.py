@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from ce_rerank_plugins.evaluation.beir import load_beir
-from ce_rerank_plugins.retrieval import FaissIndex
+from ce_rerank_plugins.evaluation.rerank_eval import build_index
 
 
 def main() -> None:
@@ -22,9 +22,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for directory in args.data:
         ds = load_beir(directory, "test")
-        index = FaissIndex()
-        ids = list(ds.corpus)
-        index.add([ds.doc_text(i) for i in ids], ids=ids)
+        index = build_index(ds)
         qids = list(ds.queries)
         hits = index.search_many([ds.queries[q] for q in qids], k=args.k)
         record = {
