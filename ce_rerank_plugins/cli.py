@@ -1,6 +1,7 @@
 """The ``ce-rerank`` command: index, query, eval, demo, pairs and train.
 
-Exit codes: 0 success, 1 failure (one-line message, no traceback), 2 usage error.
+Exit codes: 0 success, 1 data or runtime failure (one-line message, no traceback), 2 usage error (bad
+options, checked before any model or index is loaded).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def _user_errors(func: F) -> F:
-    """Turn expected failures into a one-line message and exit code 1 (usage errors: 2)."""
+    """Turn expected failures into a one-line message and exit code 1 (usage errors are checked first, code 2)."""
     import functools
 
     @functools.wraps(func)
@@ -59,8 +60,8 @@ def _user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
-        except (ValueError, TypeError) as exc:
-            fail(str(exc), 2)
+        except (ValueError, TypeError, UnicodeError) as exc:
+            fail(str(exc), 1)
         except (CERerankError, FileNotFoundError, NotADirectoryError, ImportError, KeyError, OSError) as exc:
             fail(str(exc).strip("'\""), 1)
 
@@ -238,106 +239,42 @@ def train(
     console.print(f"saved {result.model_dir} (best {result.primary_metric} = {result.best_metric})")
 
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".jsonl")
-
-
-def _collect_files(paths: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        if not path.exists():
-            raise FileNotFoundError(f"no such file or folder: {path}")
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUPPORTED_SUFFIXES)
-        elif path.suffix in SUPPORTED_SUFFIXES:
-            files.append(path)
-        else:
-            raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(SUPPORTED_SUFFIXES)})")
-    return files
-
-
-def _read_documents(files: list[Path]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(id prefix, text, metadata) per source record: one per .txt/.md file, one per .jsonl line.
-
-    A JSONL record's ``source`` and ``chunk_index``/``position`` (else its line number) become its
-    citation position, so records of one source keep distinct, stable citations.
-    """
-    records = []
-    for file in files:
-        if file.suffix == ".jsonl":
-            with file.open(encoding="utf-8") as fh:
-                for line_no, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{file}:{line_no}: not valid JSON ({exc.msg})") from exc
-                    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                        raise ValueError(f"{file}:{line_no}: each line needs a string field 'text'")
-                    doc_id = str(row.get("id", row.get("_id", f"{file.stem}:{line_no}")))
-                    text = f"{row['title']} {row['text']}".strip() if row.get("title") else row["text"]
-                    meta = {k: v for k, v in row.items() if k not in {"id", "_id", "text", "title", "chunk_index"}}
-                    meta.setdefault("source", file.name)
-                    meta["position"] = row.get("position", row.get("chunk_index", line_no))
-                    records.append((doc_id, text, meta))
-        else:
-            records.append((file.name, file.read_text(encoding="utf-8", errors="replace"), {"source": file.name}))
-    return records
-
-
-def build_index_from_files(
-    paths: list[Path],
-    *,
-    embedder: str | None = None,
-    chunk_tokens: int = 200,
-    overlap: int = 40,
-    index_type: str = "flat",
-    show_progress: bool | None = None,
-) -> Any:
-    """Read, chunk and embed files into a new FaissIndex (what ``ce-rerank index`` does)."""
-    from ce_rerank_plugins.retrieval import FaissIndex, TokenChunker
-
-    files = _collect_files(paths)
-    if not files:
-        raise FileNotFoundError(f"no .txt, .md or .jsonl files found in {', '.join(map(str, paths))}")
-    index = FaissIndex(embedder, index_type=index_type, show_progress=show_progress)  # type: ignore[arg-type]
-    chunker = TokenChunker(index.embedder.tokenizer, chunk_tokens=chunk_tokens, overlap=overlap)
-    texts, ids, metas = [], [], []
-    for doc_id, text, meta in _read_documents(files):
-        source = str(meta.pop("source"))
-        record_position = meta.pop("position", None)
-        pieces = chunker.split(text, source=source, metadata=meta)
-        for chunk in pieces:
-            index_in_doc = chunk.metadata["chunk_index"]
-            if record_position is None:
-                position: Any = index_in_doc
-            else:
-                position = record_position if len(pieces) == 1 else f"{record_position}.{index_in_doc}"
-            ids.append(f"{doc_id}#{index_in_doc}")
-            texts.append(chunk.text)
-            metas.append({**chunk.metadata, "position": position})
-    if not texts:
-        raise ValueError("the input files hold no text to index")
-    index.add(texts, ids=ids, metadatas=metas)
-    return index
-
-
 @app.command()
 @_user_errors
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Files (.txt, .md, .jsonl) or folders of them.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the index to.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the index to (new, empty or an index).")],
     chunk_tokens: Annotated[int, typer.Option(help="Tokens per chunk (bi-encoder tokenizer).")] = 200,
     overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive chunks.")] = 40,
     index_type: Annotated[str, typer.Option(help="flat (exact) | hnsw | ivf.")] = "flat",
     embedder: EmbedderOpt = None,
 ) -> None:
-    """Read, chunk and embed documents, then save a FAISS index (no pickle)."""
-    built = build_index_from_files(
-        paths, embedder=embedder, chunk_tokens=chunk_tokens, overlap=overlap, index_type=index_type
+    """Read, chunk and embed documents, then save a FAISS index (no pickle).
+
+    The output folder is never read as input, and a save never deletes files it did not write.
+    """
+    from ce_rerank_plugins.retrieval._persistence import check_save_target
+    from ce_rerank_plugins.retrieval.ingest import build_index_from_files
+
+    if index_type not in ("flat", "hnsw", "ivf"):
+        fail(f"--index-type must be flat, hnsw or ivf, got {index_type!r}", 2)
+    if chunk_tokens < 1 or not 0 <= overlap < chunk_tokens:
+        fail(f"need --chunk-tokens >= 1 and 0 <= --overlap < --chunk-tokens, got {chunk_tokens} and {overlap}", 2)
+    check_save_target(out)  # before any embedding work
+    built, found = build_index_from_files(
+        paths, embedder=embedder, chunk_tokens=chunk_tokens, overlap=overlap, index_type=index_type, exclude=[out]
     )
     built.save(out)
-    console.print(f"indexed {len(built)} chunks into {out}")
+    console.print(f"indexed {len(built)} chunks from {len(found.files)} files into {out}")
+    if found.skipped:
+        listed = ", ".join(f"{n} {suffix}" for suffix, n in sorted(found.skipped.items()))
+        err_console.print(f"[yellow]not read (unsupported file types):[/yellow] {listed}", highlight=False)
+
+
+def _check_precision(precision: str) -> None:
+    allowed = ("auto", "bf16", "fp32", "onnx", "onnx-int8")
+    if precision not in allowed:
+        fail(f"--precision must be one of {', '.join(allowed)}, got {precision!r}", 2)
 
 
 def _reranker(model: str | None, precision: str = "auto") -> Any:
@@ -373,6 +310,11 @@ def query(
 
     if not question.strip():
         fail("the question is empty", 2)
+    if k < 1 or n < 1:
+        fail(f"-k and -n must be >= 1, got -k {k} -n {n}", 2)
+    if max_tokens < 1:
+        fail(f"--max-tokens must be >= 1, got {max_tokens}", 2)
+    _check_precision(precision)
     loaded = FaissIndex.load(index_dir)
     result = RetrieveRerankPipeline(loaded, _reranker(model, precision), k=k, top_n=n).run(question)
     ctx = result.context(max_tokens) if context else None
@@ -440,6 +382,13 @@ def eval_command(
         parsed_depths = [int(d) for d in depths.split(",") if d.strip()]
     except ValueError:
         fail(f"--depths must be comma-separated integers, got {depths!r}", 2)
+    if not no_rerank and (not parsed_depths or min(parsed_depths) < 1):
+        fail(f"--depths must be positive integers, got {depths!r}", 2)
+    if max_queries is not None and max_queries < 1:
+        fail(f"--max-queries must be >= 1, got {max_queries}", 2)
+    if latency_queries < 0:
+        fail(f"--latency-queries must be >= 0, got {latency_queries}", 2)
+    _check_precision(precision)
     dataset = load_beir(dataset_dir, split)
     if max_queries is not None:
         keep = list(dataset.queries)[:max_queries]
@@ -530,8 +479,10 @@ def demo(
         )
         chosen = untrained_cross_encoder()
     reranker = _reranker(chosen)
+    from ce_rerank_plugins.retrieval.ingest import build_index_from_files
+
     with as_file(files("ce_rerank_plugins") / "data" / "sample_corpus.jsonl") as corpus:
-        built = build_index_from_files([corpus], show_progress=False)
+        built, _ = build_index_from_files([corpus], show_progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         loaded = FaissIndex.load(built.save(Path(tmp) / "index"))  # the saved, pickle-free format round-trips
     console.print(

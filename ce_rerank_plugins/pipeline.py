@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ce_rerank_plugins.context import AssembledContext, ContextChunk, assemble_context
+from ce_rerank_plugins.context import AssembledContext, assemble_context, chunk_from_metadata, with_unique_citations
 from ce_rerank_plugins.core import CrossEncoderReranker
 from ce_rerank_plugins.retrieval import FaissIndex, SearchHit
 
@@ -33,15 +33,10 @@ class PipelineResult:
     def context(self, max_tokens: int = 1500) -> AssembledContext:
         """The LLM context of the reranked chunks, with ``source#position`` citations."""
         chunks = [
-            ContextChunk(
-                text=r.hit.text,
-                source=str(r.hit.metadata.get("source", r.hit.id)),
-                position=r.hit.metadata.get("position", r.hit.metadata.get("chunk_index")),
-                score=r.rerank_score,
-            )
+            chunk_from_metadata(r.hit.text, r.hit.metadata, fallback_source=r.hit.id, score=r.rerank_score)
             for r in self.reranked
         ]
-        return assemble_context(chunks, max_tokens=max_tokens)
+        return assemble_context(with_unique_citations(chunks), max_tokens=max_tokens)
 
 
 class RetrieveRerankPipeline:

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from ce_rerank_plugins.context.assembly import (
+    POSITION_KEY,
+    SOURCE_KEY,
     AssembledContext,
     ContextChunk,
     Ordering,
     TokenCounter,
     approximate_token_count,
     assemble_context,
+    chunk_from_metadata,
+    with_unique_citations,
 )
 
 __all__ = [
+    "POSITION_KEY",
+    "SOURCE_KEY",
     "AssembledContext",
     "ContextChunk",
     "Ordering",
     "TokenCounter",
     "approximate_token_count",
     "assemble_context",
+    "chunk_from_metadata",
+    "with_unique_citations",
 ]

@@ -45,6 +45,73 @@ class ContextChunk:
         return f"{self.source}#{self.position}" if self.position is not None else self.source
 
 
+#: The chunk metadata contract. Every chunk the package makes (``TokenChunker``, ``ce-rerank index``)
+#: carries ``source`` (the path relative to the indexed root, or the record's own source) and
+#: ``chunk_index`` (its citation position within that source); the pipeline and both adapters read
+#: them back through :func:`chunk_from_metadata` only.
+SOURCE_KEY = "source"
+POSITION_KEY = "chunk_index"
+#: Written by ce-rerank-plugins 0.1's ``ce-rerank index``; still read, never written.
+_LEGACY_POSITION_KEY = "position"
+
+
+def chunk_from_metadata(
+    text: str,
+    metadata: Mapping[str, Any],
+    *,
+    fallback_source: str,
+    score: float | None = None,
+    source_key: str = SOURCE_KEY,
+    position_key: str = POSITION_KEY,
+) -> ContextChunk:
+    """A :class:`ContextChunk` from a chunk's text and metadata, per the chunk contract above.
+
+    Args:
+        text: The chunk's text.
+        metadata: Its metadata (copied, never modified).
+        fallback_source: The source to cite when the metadata has none (e.g. the document id).
+        score: The rerank score, if any.
+        source_key: Metadata key of the source.
+        position_key: Metadata key of the position within the source.
+    """
+    source = metadata.get(source_key)
+    position = metadata.get(position_key)
+    if position is None and position_key == POSITION_KEY:
+        position = metadata.get(_LEGACY_POSITION_KEY)
+    if position is not None and not isinstance(position, (int, str)):
+        position = str(position)
+    return ContextChunk(
+        text=text,
+        source=str(source) if source not in (None, "") else fallback_source,
+        position=position,
+        score=score,
+        metadata=dict(metadata),
+    )
+
+
+def with_unique_citations(chunks: Sequence[ContextChunk]) -> list[ContextChunk]:
+    """The chunks, with a repeated citation made unique by a ``~2``, ``~3``... suffix, in the order given.
+
+    Two chunks of one source without positions (or with equal ones) would otherwise share a label and
+    an LLM could not tell which one it cites. The first keeps its label; nothing is dropped.
+    """
+    counts: dict[str, int] = {}
+    out = []
+    for chunk in chunks:
+        n = counts[chunk.citation] = counts.get(chunk.citation, 0) + 1
+        if n == 1:
+            out.append(chunk)
+            continue
+        position = f"{chunk.position}~{n}" if chunk.position is not None else f"~{n}"
+        renamed = ContextChunk(chunk.text, chunk.source, position, chunk.score, chunk.metadata)
+        while renamed.citation in counts:  # a label like "a#~2" may exist already
+            position = f"{position}~"
+            renamed = ContextChunk(chunk.text, chunk.source, position, chunk.score, chunk.metadata)
+        counts[renamed.citation] = 1
+        out.append(renamed)
+    return out
+
+
 @dataclass(frozen=True)
 class AssembledContext:
     """The context text and what went into it.

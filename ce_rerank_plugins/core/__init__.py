@@ -11,6 +11,7 @@ from ce_rerank_plugins.core.reranker import (
     PairClassification,
     Precision,
     RankedResult,
+    check_rank_options,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "RankedResult",
     "ScoreCache",
     "ScoreMode",
+    "check_rank_options",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ce_rerank_plugins._validation import check_text
 from ce_rerank_plugins.core._cache import CacheInfo, ScoreCache
 from ce_rerank_plugins.core._engine import DEFAULT_MIN_PROBE_SPEARMAN, ScoringEngine, build_engine
 from ce_rerank_plugins.core._hardware import device_has_native_bf16, resolve_device
@@ -64,8 +66,23 @@ class PairClassification:
 
 
 def _check_text(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{where} must be a string, got {type(value).__name__} ({value!r:.60})")
+    return check_text(value, where)
+
+
+def _check_threshold(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"score_threshold must be a number or None, got {type(value).__name__} ({value!r:.40})")
+    threshold = float(value)
+    if math.isnan(threshold):
+        raise ValueError("score_threshold is NaN, which no score passes or fails; pass a number or None")
+    return threshold
+
+
+def _check_min_keep(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"min_keep must be a non-negative integer, got {value!r}")
     return value
 
 
@@ -94,6 +111,13 @@ def _check_top_n(top_n: object) -> int | None:
     if top_n < 1:
         raise ValueError(f"top_n must be >= 1 (or None for all), got {top_n}")
     return top_n
+
+
+def check_rank_options(top_n: object, score_threshold: object, min_keep: object) -> None:
+    """Validate ``rank``'s selection options up front (the adapters call it when they are built)."""
+    _check_top_n(top_n)
+    _check_threshold(score_threshold)
+    _check_min_keep(min_keep)
 
 
 class CrossEncoderReranker:
@@ -157,10 +181,10 @@ class CrossEncoderReranker:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
             raise ValueError(f"max_length must be an integer >= 8 or None, got {max_length!r}")
-        if not isinstance(min_keep, int) or min_keep < 0:
-            raise ValueError(f"min_keep must be a non-negative integer, got {min_keep!r}")
-        if window_overlap < 0:
-            raise ValueError(f"window_overlap must be >= 0, got {window_overlap}")
+        _check_min_keep(min_keep)
+        score_threshold = _check_threshold(score_threshold)
+        if isinstance(window_overlap, bool) or not isinstance(window_overlap, int) or window_overlap < 0:
+            raise ValueError(f"window_overlap must be a non-negative integer, got {window_overlap!r}")
         self.score_mode_requested: ScoreMode = validate_score_mode(score_mode)
         resolved_device = resolve_device(device)
         if precision == "auto":
@@ -254,16 +278,18 @@ class CrossEncoderReranker:
         _check_text(query, "query")
         docs = _check_documents(documents)
         top_n = _check_top_n(top_n)
+        threshold = self.score_threshold if score_threshold is None else _check_threshold(score_threshold)
+        keep = self.min_keep if min_keep is None else _check_min_keep(min_keep)
+        mode = self._mode(score_mode)
         if not docs:
             return []
-        mode = self._mode(score_mode)
         scores = apply_score_mode(self._logits([(query, d) for d in docs]), mode)[:, self.rank_column]
         return self._select(
             scores,
             docs if return_documents else None,
             top_n=top_n,
-            threshold=self.score_threshold if score_threshold is None else score_threshold,
-            min_keep=self.min_keep if min_keep is None else min_keep,
+            threshold=threshold,
+            min_keep=keep,
         )
 
     def classify(self, pairs: Sequence[tuple[str, str]]) -> list[PairClassification]:
@@ -366,7 +392,10 @@ class CrossEncoderReranker:
         return logits[positions] if positions else np.zeros((0, self.num_labels), dtype=np.float32)
 
     def _cache_key(self, pair: tuple[str, str]) -> tuple[Hashable, str, str]:
-        return (self.key, pair[0], pair[1])
+        # Everything that changes a logit: the model key (model, revision, device, precision, max_length)
+        # and how long passages are scored (truncated, or windowed with this overlap).
+        scoring = (self.key, self.long_document, self.window_overlap if self.long_document else None)
+        return (scoring, pair[0], pair[1])
 
     def _score_uncached(self, pairs: list[tuple[str, str]]) -> FloatArray:
         engine = self.engine

@@ -25,14 +25,17 @@ from langchain_core.runnables import RunnableLambda  # noqa: E402
 from pydantic import ConfigDict, Field, model_validator  # noqa: E402
 
 from ce_rerank_plugins.context import (  # noqa: E402
+    POSITION_KEY,
+    SOURCE_KEY,
     AssembledContext,
-    ContextChunk,
     Ordering,
     TokenCounter,
     approximate_token_count,
     assemble_context,
+    chunk_from_metadata,
+    with_unique_citations,
 )
-from ce_rerank_plugins.core import CrossEncoderReranker, RankedResult  # noqa: E402
+from ce_rerank_plugins.core import CrossEncoderReranker, RankedResult, check_rank_options  # noqa: E402
 from ce_rerank_plugins.integrations._settings import build_reranker  # noqa: E402
 from ce_rerank_plugins.retrieval import FaissIndex, SearchHit  # noqa: E402
 
@@ -78,8 +81,7 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
 
     @model_validator(mode="after")
     def _attach_reranker(self) -> CrossEncoderCompressor:
-        if self.top_n is not None and self.top_n < 1:
-            raise ValueError(f"top_n must be >= 1 (or None for all), got {self.top_n}")
+        check_rank_options(self.top_n, self.score_threshold, self.min_keep)
         if self.reranker is None:
             self.reranker = build_reranker(
                 self.model,
@@ -218,26 +220,29 @@ def documents_to_context(
     max_tokens: int,
     token_counter: TokenCounter = approximate_token_count,
     ordering: Ordering = "relevance",
-    source_key: str = "source",
-    position_key: str = "chunk_index",
+    source_key: str = SOURCE_KEY,
+    position_key: str = POSITION_KEY,
     score_key: str = "relevance_score",
 ) -> AssembledContext:
     """Build the LLM context from ranked documents (see :func:`ce_rerank_plugins.context.assemble_context`).
 
-    Citations are ``source#position`` from the metadata (the document id, then its list position, when
-    absent).
+    Citations are ``source#position`` from the metadata (see :func:`ce_rerank_plugins.context.chunk_from_metadata`;
+    the document id, then its list position, when there is no source); repeated citations get a ``~N`` suffix.
     """
     chunks = [
-        ContextChunk(
-            text=d.page_content,
-            source=str(d.metadata.get(source_key) or d.id or f"doc{i}"),
-            position=d.metadata.get(position_key),
+        chunk_from_metadata(
+            d.page_content,
+            d.metadata,
+            fallback_source=d.id or f"doc{i}",
             score=d.metadata.get(score_key),
-            metadata=dict(d.metadata),
+            source_key=source_key,
+            position_key=position_key,
         )
         for i, d in enumerate(documents)
     ]
-    return assemble_context(chunks, max_tokens=max_tokens, token_counter=token_counter, ordering=ordering)
+    return assemble_context(
+        with_unique_citations(chunks), max_tokens=max_tokens, token_counter=token_counter, ordering=ordering
+    )
 
 
 def context_runnable(max_tokens: int, **kwargs: Any) -> RunnableLambda[Sequence[Document], str]:

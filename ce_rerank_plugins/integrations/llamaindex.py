@@ -22,14 +22,17 @@ from llama_index.core.retrievers import BaseRetriever  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode  # noqa: E402
 
 from ce_rerank_plugins.context import (  # noqa: E402
+    POSITION_KEY,
+    SOURCE_KEY,
     AssembledContext,
-    ContextChunk,
     Ordering,
     TokenCounter,
     approximate_token_count,
     assemble_context,
+    chunk_from_metadata,
+    with_unique_citations,
 )
-from ce_rerank_plugins.core import CrossEncoderReranker, RankedResult  # noqa: E402
+from ce_rerank_plugins.core import CrossEncoderReranker, RankedResult, check_rank_options  # noqa: E402
 from ce_rerank_plugins.integrations._settings import build_reranker  # noqa: E402
 from ce_rerank_plugins.retrieval import FaissIndex  # noqa: E402
 
@@ -73,8 +76,7 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
 
     def __init__(self, *, reranker: CrossEncoderReranker | None = None, **data: Any) -> None:
         super().__init__(**data)
-        if self.top_n is not None and self.top_n < 1:
-            raise ValueError(f"top_n must be >= 1 (or None for all), got {self.top_n}")
+        check_rank_options(self.top_n, self.score_threshold, self.min_keep)
         MetadataMode(self.metadata_mode)  # fails early on a bad mode
         self._reranker = reranker or build_reranker(
             self.model,
@@ -186,18 +188,21 @@ def nodes_to_context(
     max_tokens: int,
     token_counter: TokenCounter = approximate_token_count,
     ordering: Ordering = "relevance",
-    source_key: str = "source",
-    position_key: str = "chunk_index",
+    source_key: str = SOURCE_KEY,
+    position_key: str = POSITION_KEY,
 ) -> AssembledContext:
     """Build the LLM context from ranked nodes (see :func:`ce_rerank_plugins.context.assemble_context`)."""
     chunks = [
-        ContextChunk(
-            text=n.node.get_content(metadata_mode=MetadataMode.NONE),
-            source=str(n.node.metadata.get(source_key) or n.node.node_id),
-            position=n.node.metadata.get(position_key),
+        chunk_from_metadata(
+            n.node.get_content(metadata_mode=MetadataMode.NONE),
+            n.node.metadata,
+            fallback_source=n.node.node_id,
             score=n.score,
-            metadata=dict(n.node.metadata),
+            source_key=source_key,
+            position_key=position_key,
         )
         for n in nodes
     ]
-    return assemble_context(chunks, max_tokens=max_tokens, token_counter=token_counter, ordering=ordering)
+    return assemble_context(
+        with_unique_citations(chunks), max_tokens=max_tokens, token_counter=token_counter, ordering=ordering
+    )

@@ -1,28 +1,50 @@
-"""Saving and loading a ``FaissIndex`` without pickle.
+"""Saving and loading a ``FaissIndex`` without pickle, crash-safe at every instant.
 
-A saved index is a directory of three files:
+A saved index is a directory of *generations* and one pointer to the live one::
 
-- ``index.faiss``: the FAISS index (``faiss.write_index``), vectors and graph, no Python objects;
-- ``documents.jsonl``: one JSON object per document (``faiss_id``, ``id``, ``text``, ``metadata``);
-- ``manifest.json``: format version, embedding model id, dimension, normalisation, index type and
-  parameters, document count, and the SHA-256 of the two other files.
+    my-index/
+      CURRENT              one line, the live generation's name, e.g. "gen-000007"
+      gen-000007/
+        index.faiss        the FAISS index (``faiss.serialize_index``): vectors and graph, no Python objects
+        documents.jsonl    one JSON object per document (``faiss_id``, ``id``, ``text``, ``metadata``)
+        manifest.json      format, embedding model, dimension, index type and parameters, counts,
+                           the SHA-256 of every data file, and the SHA-256 of the manifest itself
+      .lock                held by a saver (``flock``), so two savers never interleave
 
-Writes go to a temporary sibling directory that is renamed into place, so a crash mid-save leaves
-the previous index as it was. Loading checks everything the manifest states and raises
-``IndexFormatError`` naming what does not match.
+Why this shape:
+
+- A save writes a whole new generation beside the live one, then switches ``CURRENT`` with one
+  ``os.replace``. A crash at any instant leaves either the previous or the new index loadable, never a
+  mix and never nothing. The previous generation is kept (a reader that read ``CURRENT`` just before
+  the switch can still open it); older ones and temporaries are removed by the next save or load.
+- A load reads ``CURRENT`` once, opens each file of that generation once, verifies its checksum on the
+  bytes it then parses, and retries from ``CURRENT`` if a concurrent save removed the generation under
+  it. The manifest is validated field by field against the schema below.
+- A save refuses a directory that is neither empty nor a saved index: it never deletes what it did
+  not write. Directories are created with the process umask.
+
+Version-1 directories (the three files at the top level) still load; the next save turns them into
+generations.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import logging
 import os
+import re
 import shutil
-import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ce_rerank_plugins._files import sha256_file
+import numpy as np
+
+from ce_rerank_plugins._optional import require
 from ce_rerank_plugins.errors import IndexFormatError
 from ce_rerank_plugins.retrieval._embedder import Embedder, embedder_id
 
@@ -32,12 +54,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "ce-rerank-faiss-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEX_FILE = "index.faiss"
 DOCUMENTS_FILE = "documents.jsonl"
 MANIFEST_FILE = "manifest.json"
+CURRENT_FILE = "CURRENT"
+LOCK_FILE = ".lock"
+DATA_FILES = (INDEX_FILE, DOCUMENTS_FILE)
+
+_GENERATION = re.compile(r"^gen-(\d{6,})$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_INDEX_TYPES = ("flat", "hnsw", "ivf")
+#: How often a load starts over from CURRENT when a concurrent save removed the generation it was reading.
+_LOAD_ATTEMPTS = 8
 
 
+class _GenerationGone(Exception):
+    """The generation named by CURRENT vanished while it was being read (a concurrent save cleaned it)."""
+
+
+# -- writing --------------------------------------------------------------------------------------
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -45,23 +81,41 @@ def _fsync_dir(path: Path) -> None:
         return
     try:
         os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the data files themselves were synced
     finally:
         os.close(fd)
 
 
-def _write_files(index: FaissIndex, tmp: Path) -> None:
-    import faiss
-
-    faiss.write_index(
-        index._faiss_index if index._faiss_index is not None else index._new_index(0), str(tmp / INDEX_FILE)
-    )
-    with (tmp / DOCUMENTS_FILE).open("w", encoding="utf-8") as fh:
-        for int_id, doc in index._docs.items():
-            record = {"faiss_id": int_id, "id": doc.id, "text": doc.text, "metadata": dict(doc.metadata)}
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+def _write_bytes(path: Path, data: bytes) -> None:
+    with path.open("xb") as fh:
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    manifest = {
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of the manifest's canonical JSON, without its own ``manifest_sha256`` field."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def serialize_index(index: FaissIndex) -> dict[str, bytes]:
+    """The bytes of every file of one generation (manifest included), built in memory before any write."""
+    faiss = require("faiss", "faiss", purpose="saving a FaissIndex")
+    faiss_index = index._faiss_index if index._faiss_index is not None else index._new_index(0)
+    blobs = {INDEX_FILE: faiss.serialize_index(faiss_index).tobytes()}
+    lines = io.StringIO()
+    for int_id, doc in index._docs.items():
+        record = {"faiss_id": int_id, "id": doc.id, "text": doc.text, "metadata": dict(doc.metadata)}
+        try:
+            lines.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+        except (TypeError, ValueError) as exc:  # only reachable if metadata was changed behind add()'s back
+            message = f"document {doc.id!r} has metadata that JSON cannot store ({exc}); nothing was written"
+            raise TypeError(message) from exc
+    blobs[DOCUMENTS_FILE] = lines.getvalue().encode("utf-8")
+    manifest: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "embedding_model": index.embedder.id,
@@ -69,83 +123,314 @@ def _write_files(index: FaissIndex, tmp: Path) -> None:
         "normalized": True,
         "metric": "inner_product",
         "index_type": index.index_type,
-        "index_params": index.params,
+        "index_params": dict(index.params),
         "count": len(index),
         "next_id": index._next_id,
         "deleted_faiss_ids": sorted(index._deleted),
-        "checksums": {name: sha256_file(tmp / name) for name in (INDEX_FILE, DOCUMENTS_FILE)},
+        "checksums": {name: hashlib.sha256(blobs[name]).hexdigest() for name in DATA_FILES},
     }
-    with (tmp / MANIFEST_FILE).open("w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    blobs[MANIFEST_FILE] = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
+    return blobs
+
+
+def _is_v1_manifest(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+
+
+def _is_ours(directory: Path, name: str) -> bool:
+    if name in (CURRENT_FILE, LOCK_FILE) or _GENERATION.match(name):
+        return True
+    if name.startswith((".tmp-gen-", ".CURRENT.")):
+        return True
+    if name in (INDEX_FILE, DOCUMENTS_FILE, MANIFEST_FILE):  # a version-1 index
+        return _is_v1_manifest(directory / MANIFEST_FILE)
+    return False
+
+
+def check_save_target(directory: Path) -> None:
+    """Raise unless ``directory`` is absent, empty, or a saved index (a save never deletes foreign files)."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise IndexFormatError(f"cannot save an index to {str(directory)!r}: it is a file, not a directory")
+    foreign = sorted(p.name for p in directory.iterdir() if not _is_ours(directory, p.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise IndexFormatError(
+            f"refusing to save an index into {str(directory)!r}: the folder is not empty and is not a saved "
+            f"index (it holds {shown}); choose a new or empty folder"
+        )
+
+
+@contextlib.contextmanager
+def _locked(directory: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold the directory's save lock; yields False when non-blocking and another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): saves are still atomic, but concurrent savers are not serialised
+        yield True
+        return
+    try:
+        fh = (directory / LOCK_FILE).open("a")
+    except OSError:  # a read-only directory: nobody can save into it, so there is nothing to serialise
+        yield False
+        return
+    with fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _generations(directory: Path) -> dict[int, str]:
+    out = {}
+    for p in directory.iterdir():
+        match = _GENERATION.match(p.name)
+        if match and p.is_dir():
+            out[int(match.group(1))] = p.name
+    return out
+
+
+def _read_current(directory: Path) -> str | None:
+    try:
+        name = (directory / CURRENT_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IndexFormatError(
+            f"the index at {str(directory)!r} is corrupt: cannot read {CURRENT_FILE} ({exc})"
+        ) from exc
+    if not _GENERATION.match(name):
+        raise IndexFormatError(
+            f"the index at {str(directory)!r} is corrupt: {CURRENT_FILE} holds {name[:40]!r}, not a generation name"
+        )
+    return name
+
+
+def _cleanup(directory: Path, keep: set[str]) -> None:
+    """Remove temporaries, version-1 files and generations not in ``keep`` (the caller holds the lock)."""
+    for p in directory.iterdir():
+        stale_generation = _GENERATION.match(p.name) is not None and p.name not in keep
+        if stale_generation or p.name.startswith((".tmp-gen-", ".CURRENT.")):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+    if (directory / CURRENT_FILE).exists() and _is_v1_manifest(directory / MANIFEST_FILE):
+        for name in (MANIFEST_FILE, INDEX_FILE, DOCUMENTS_FILE):  # manifest first: a half-removed v1 is not loaded
+            with contextlib.suppress(OSError):
+                (directory / name).unlink()
 
 
 def save_index(index: FaissIndex, directory: Path) -> Path:
-    """Write ``index`` to ``directory`` atomically; returns the directory."""
+    """Write ``index`` to ``directory`` as a new generation and switch to it atomically; returns the directory.
+
+    Raises:
+        IndexFormatError: ``directory`` is a file, or a non-empty folder that is not a saved index.
+        ValueError: An IVF index with no documents (it cannot be trained).
+    """
     if index.index_type == "ivf" and index._faiss_index is None:
         raise ValueError("an empty IVF index has not been trained yet; add documents before saving it")
     directory = directory.expanduser()
-    if directory.exists() and not directory.is_dir():
-        raise IndexFormatError(f"cannot save an index to {str(directory)!r}: it is a file, not a directory")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        _write_files(index, tmp)
-        _fsync_dir(tmp)
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            old.rmdir()
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(directory)
-        _fsync_dir(directory.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("saved %d documents to %s", len(index), directory)
+    check_save_target(directory)
+    blobs = serialize_index(index)  # every byte is ready before the disk is touched
+    directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory):
+        check_save_target(directory)  # again, under the lock
+        previous = _read_current(directory) if (directory / CURRENT_FILE).exists() else None
+        generations = _generations(directory)
+        number = max(generations, default=0) + 1
+        name = f"gen-{number:06d}"
+        tmp = directory / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            for file_name in (*DATA_FILES, MANIFEST_FILE):
+                _write_bytes(tmp / file_name, blobs[file_name])
+            _fsync_dir(tmp)
+            tmp.rename(directory / name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(directory)
+        pointer = directory / f".CURRENT.{uuid.uuid4().hex[:8]}"
+        try:
+            _write_bytes(pointer, (name + "\n").encode("ascii"))
+            os.replace(pointer, directory / CURRENT_FILE)  # the one atomic switch
+        except BaseException:
+            with contextlib.suppress(OSError):
+                pointer.unlink()
+            raise
+        _fsync_dir(directory)
+        _cleanup(directory, keep={name} | ({previous} if previous else set()))
+    logger.info("saved %d documents to %s (%s)", len(index), directory, name)
     return directory
 
 
+# -- reading --------------------------------------------------------------------------------------
+def _field(manifest: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if key not in manifest:
+        raise IndexFormatError(f"{where} is invalid: the field {key!r} is missing")
+    value = manifest[key]
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise IndexFormatError(f"{where} is invalid: {key!r} must be {_kind_name(kinds)}, got {value!r:.60}")
+    return value
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {int: "an integer", str: "a string", dict: "an object", list: "a list", bool: "true or false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds if k is not type(None)) + (
+        " or null" if type(None) in kinds else ""
+    )
+
+
+def validate_manifest(manifest: object, where: str) -> dict[str, Any]:
+    """Check every field of a manifest against the schema; returns it, or raises IndexFormatError naming the field."""
+    if not isinstance(manifest, dict):
+        raise IndexFormatError(f"{where} is invalid: expected a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"{where} is not a {FORMAT_NAME} manifest (format={manifest.get('format')!r:.40})")
+    version = _field(manifest, "format_version", int, where)
+    if version > FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{where} has format version {version}, but this library reads versions 1 to {FORMAT_VERSION}; "
+            f"upgrade ce-rerank-plugins"
+        )
+    if version < 1:
+        raise IndexFormatError(f"{where} is invalid: format_version must be 1 or more, got {version}")
+    if version >= 2:
+        digest = _field(manifest, "manifest_sha256", str, where)
+        if digest != manifest_digest(manifest):
+            raise IndexFormatError(f"{where} is corrupt: it does not match its own checksum (manifest_sha256)")
+    model = _field(manifest, "embedding_model", str, where)
+    if not model:
+        raise IndexFormatError(f"{where} is invalid: embedding_model is empty")
+    for key in ("dimension", "count", "next_id"):
+        value = _field(manifest, key, int, where)
+        if value < (1 if key == "dimension" else 0):
+            raise IndexFormatError(f"{where} is invalid: {key} must not be {value}")
+    if _field(manifest, "normalized", bool, where) is not True:
+        raise IndexFormatError(f"{where} is invalid: only normalised (cosine) indexes are supported")
+    if manifest.get("metric", "inner_product") != "inner_product":
+        raise IndexFormatError(f"{where} is invalid: metric must be 'inner_product', got {manifest['metric']!r:.40}")
+    index_type = _field(manifest, "index_type", str, where)
+    if index_type not in _INDEX_TYPES:
+        raise IndexFormatError(
+            f"{where} is invalid: index_type must be one of {list(_INDEX_TYPES)}, got {index_type!r}"
+        )
+    params = _field(manifest, "index_params", dict, where)
+    for key in ("hnsw_m", "ef_search", "ef_construction", "nprobe", "nlist"):
+        value = _field(params, key, (int, type(None)) if key == "nlist" else int, f"{where} (index_params)")
+        if value is not None and value < 1:
+            raise IndexFormatError(f"{where} is invalid: index_params.{key} must be >= 1, got {value}")
+    deleted = _field(manifest, "deleted_faiss_ids", list, where)
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in deleted) or len(set(deleted)) != len(
+        deleted
+    ):
+        raise IndexFormatError(f"{where} is invalid: deleted_faiss_ids must be distinct non-negative integers")
+    checksums = _field(manifest, "checksums", dict, where)
+    for name in DATA_FILES:
+        value = checksums.get(name)
+        if not isinstance(value, str) or not _HEX64.match(value):
+            raise IndexFormatError(f"{where} is invalid: checksums.{name} must be a SHA-256 hex digest")
+    return manifest
+
+
+def _read_generation(directory: Path) -> tuple[str, dict[str, Any], dict[str, bytes]]:
+    """(generation, manifest, data bytes) of the live generation, each file opened once and verified."""
+    current = _read_current(directory)
+    if current is None:
+        if (directory / MANIFEST_FILE).is_file():
+            location = directory  # a version-1 index
+            label = "v1"
+        else:
+            raise IndexFormatError(
+                f"{str(directory)!r} is not a saved index: neither {CURRENT_FILE} nor {MANIFEST_FILE} is there"
+            )
+    else:
+        location = directory / current
+        label = current
+
+    def read(name: str) -> bytes:
+        try:
+            return (location / name).read_bytes()
+        except FileNotFoundError as exc:
+            if current is not None and _read_current(directory) != current:
+                raise _GenerationGone from exc
+            raise IndexFormatError(f"the index at {str(directory)!r} is incomplete: {name} is missing") from exc
+
+    where = f"the manifest of the index at {str(directory)!r}"
+    raw = read(MANIFEST_FILE)
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexFormatError(f"{where} is corrupt: not valid JSON ({exc})") from exc
+    manifest = validate_manifest(manifest, where)
+    blobs = {}
+    for name in DATA_FILES:
+        data = read(name)
+        if hashlib.sha256(data).hexdigest() != manifest["checksums"][name]:
+            raise IndexFormatError(f"the index at {str(directory)!r} is corrupt: {name} does not match its checksum")
+        blobs[name] = data
+    return label, manifest, blobs
+
+
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """The manifest of a saved index, checked for presence, format and version."""
+    """The validated manifest of the live generation of a saved index."""
+    return _read_verified(directory.expanduser())[1]
+
+
+def _read_verified(directory: Path) -> tuple[str, dict[str, Any], dict[str, bytes]]:
     if not directory.is_dir():
         raise IndexFormatError(f"no saved index at {str(directory)!r}: the directory does not exist")
-    path = directory / MANIFEST_FILE
-    if not path.is_file():
-        raise IndexFormatError(f"{str(directory)!r} is not a saved index: {MANIFEST_FILE} is missing")
+    for _ in range(_LOAD_ATTEMPTS):
+        try:
+            result = _read_generation(directory)
+            break
+        except _GenerationGone:
+            continue
+    else:
+        raise IndexFormatError(f"the index at {str(directory)!r} kept changing while it was read; try again")
+    _cleanup_if_idle(directory)
+    return result
+
+
+def _cleanup_if_idle(directory: Path) -> None:
+    """Remove what interrupted saves left, when no save is running (never blocks, never fails a load)."""
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexFormatError(f"{str(path)!r} is corrupt: not valid JSON ({exc})") from exc
-    if manifest.get("format") != FORMAT_NAME:
-        raise IndexFormatError(f"{str(path)!r} is not a {FORMAT_NAME} manifest (format={manifest.get('format')!r})")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise IndexFormatError(
-            f"the index at {str(directory)!r} has format version {version!r}, newer than this library reads "
-            f"({FORMAT_VERSION}); upgrade ce-rerank-plugins"
-        )
-    return manifest
+        with _locked(directory, blocking=False) as held:
+            if not held:
+                return
+            current = _read_current(directory)
+            if current is None:
+                return
+            generations = _generations(directory)
+            number = int(current.split("-")[1])
+            older = [g for n, g in generations.items() if n < number]
+            keep = {current} | ({max(older)} if older else set())
+            _cleanup(directory, keep)
+    except (OSError, IndexFormatError) as exc:
+        logger.debug("left %s as it is: %s", directory, exc)
 
 
 def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] | None = None) -> FaissIndex:
     """Load and verify a saved index; ``embedder`` (default: the one in the manifest) must match it."""
-    import faiss
-
+    faiss = require("faiss", "faiss", purpose="loading a FaissIndex")
     from ce_rerank_plugins.retrieval.faiss_index import Document, FaissIndex
 
     directory = directory.expanduser()
-    manifest = read_manifest(directory)
-    for name in (INDEX_FILE, DOCUMENTS_FILE):
-        path = directory / name
-        if not path.is_file():
-            raise IndexFormatError(f"the index at {str(directory)!r} is incomplete: {name} is missing")
-        expected = manifest["checksums"].get(name)
-        if sha256_file(path) != expected:
-            raise IndexFormatError(f"the index at {str(directory)!r} is corrupt: {name} does not match its checksum")
+    _, manifest, blobs = _read_verified(directory)
     stored_model = manifest["embedding_model"]
     if embedder is None:
         embedder = Embedder(None if stored_model == embedder_id(None) else stored_model)
@@ -158,14 +443,14 @@ def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] |
         )
     if embedder.dimension != manifest["dimension"]:
         raise IndexFormatError(
-            f"the index at {str(directory)!r} has dimension {manifest['dimension']}, "
-            f"but the embedder produces {embedder.dimension}"
+            f"the index at {str(directory)!r} stores {manifest['dimension']}-dimensional vectors, "
+            f"but the embedder {embedder.id!r} produces {embedder.dimension}-dimensional ones"
         )
-    faiss_index = faiss.read_index(str(directory / INDEX_FILE))
-    if faiss_index.d != manifest["dimension"]:
-        raise IndexFormatError(
-            f"{INDEX_FILE} has dimension {faiss_index.d} but the manifest says {manifest['dimension']}"
-        )
+    try:
+        faiss_index = faiss.deserialize_index(np.frombuffer(blobs[INDEX_FILE], dtype=np.uint8))
+    except RuntimeError as exc:
+        raise IndexFormatError(f"{INDEX_FILE} of the index at {str(directory)!r} cannot be read: {exc}") from exc
+    _check_faiss_index(faiss, faiss_index, manifest, directory)
     params = manifest["index_params"]
     index = FaissIndex(
         embedder,
@@ -177,21 +462,48 @@ def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] |
         nprobe=params["nprobe"],
     )
     index._faiss_index = faiss_index
-    with (directory / DOCUMENTS_FILE).open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            try:
-                record = json.loads(line)
-                doc = Document(str(record["id"]), record["text"], record.get("metadata") or {})
-                int_id = int(record["faiss_id"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise IndexFormatError(f"{DOCUMENTS_FILE} line {line_no} is malformed: {exc}") from exc
-            index._docs[int_id] = doc
-            index._ids[doc.id] = int_id
-    index._next_id = int(manifest["next_id"])
-    index._deleted = {int(i) for i in manifest.get("deleted_faiss_ids", [])}
-    if len(index) != manifest["count"] or faiss_index.ntotal - len(index._deleted) != manifest["count"]:
+    for line_no, line in enumerate(blobs[DOCUMENTS_FILE].decode("utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line)
+            doc = Document(record["id"], record["text"], record["metadata"])
+            int_id = record["faiss_id"]
+            if not isinstance(doc.id, str) or not isinstance(doc.text, str) or not isinstance(doc.metadata, dict):
+                raise TypeError("id and text must be strings and metadata an object")
+            if isinstance(int_id, bool) or not isinstance(int_id, int) or not 0 <= int_id < manifest["next_id"]:
+                raise ValueError(f"faiss_id {int_id!r} is not below next_id {manifest['next_id']}")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise IndexFormatError(f"{DOCUMENTS_FILE} line {line_no} is malformed: {exc}") from exc
+        if int_id in index._docs or doc.id in index._ids:
+            raise IndexFormatError(f"{DOCUMENTS_FILE} line {line_no} repeats document {doc.id!r} or faiss id {int_id}")
+        index._docs[int_id] = doc
+        index._ids[doc.id] = int_id
+    index._next_id = manifest["next_id"]
+    index._deleted = set(manifest["deleted_faiss_ids"])
+    stored_ids = set(faiss.vector_to_array(faiss_index.id_map).tolist())
+    if (
+        len(index) != manifest["count"]
+        or stored_ids != set(index._docs) | index._deleted
+        or (index._deleted & set(index._docs))
+        or any(i >= manifest["next_id"] for i in index._deleted)
+    ):
         raise IndexFormatError(
             f"the index at {str(directory)!r} is inconsistent: manifest count {manifest['count']}, "
-            f"{len(index)} documents, {faiss_index.ntotal} vectors"
+            f"{len(index)} documents, {faiss_index.ntotal} vectors, {len(index._deleted)} deleted"
         )
     return index
+
+
+def _check_faiss_index(faiss: Any, faiss_index: Any, manifest: Mapping[str, Any], directory: Path) -> None:
+    if not isinstance(faiss_index, faiss.IndexIDMap2):
+        raise IndexFormatError(f"{INDEX_FILE} of the index at {str(directory)!r} is not an id-mapped FAISS index")
+    base = faiss.downcast_index(faiss_index.index)
+    expected = {"flat": faiss.IndexFlatIP, "hnsw": faiss.IndexHNSWFlat, "ivf": faiss.IndexIVFFlat}
+    if not isinstance(base, expected[manifest["index_type"]]):
+        raise IndexFormatError(
+            f"the index at {str(directory)!r} says index_type {manifest['index_type']!r}, "
+            f"but {INDEX_FILE} holds a {type(base).__name__}"
+        )
+    if faiss_index.d != manifest["dimension"]:
+        raise IndexFormatError(
+            f"{INDEX_FILE} has dimension {faiss_index.d} but the manifest says {manifest['dimension']}"
+        )

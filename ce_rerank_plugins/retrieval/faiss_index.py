@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ce_rerank_plugins._optional import require
+from ce_rerank_plugins._validation import check_sequence, check_text
 from ce_rerank_plugins.core._scores import FloatArray
 from ce_rerank_plugins.retrieval._embedder import Embedder
 
@@ -63,6 +64,48 @@ def matches(metadata: Mapping[str, Any], where: MetadataFilter) -> bool:
         elif value != wanted:
             return False
     return True
+
+
+def _check_where(where: object) -> None:
+    if where is not None and not isinstance(where, Mapping):
+        raise TypeError(f"where must be a dict of metadata key -> value, got {type(where).__name__} ({where!r:.40})")
+
+
+def _json_value(value: object, where: str) -> Any:
+    """A deep copy of ``value`` made of JSON types only (what a save/load round trip returns unchanged)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        if isinstance(value, str):
+            check_text(value, where)
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is {value!r}; JSON cannot store NaN or infinity, use None or a string")
+        return value
+    if isinstance(value, list):
+        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return validate_metadata(value, where)
+    hint = " (convert it with float() or int())" if type(value).__module__ == "numpy" else ""
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, which a saved index cannot store unchanged; "
+        f"use str, int, float, bool, None, list or dict{hint}"
+    )
+
+
+def validate_metadata(metadata: object, where: str = "metadata") -> dict[str, Any]:
+    """A deep copy of ``metadata`` if it is a dict of string keys and JSON values, else a clear error.
+
+    Done at ``add`` so that a save never fails on what was accepted and a load returns it unchanged
+    (no int keys turned into strings, no tuples into lists, no NaN written as invalid JSON).
+    """
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"{where} must be a dict, got {type(metadata).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{where} has the key {key!r} ({type(key).__name__}); metadata keys must be strings")
+        out[key] = _json_value(value, f"{where}[{key!r}]")
+    return out
 
 
 class FaissIndex:
@@ -168,23 +211,32 @@ class FaissIndex:
     ) -> list[str]:
         """Embed and add ``texts``; returns their ids (generated as ``"doc-N"`` when not given).
 
+        Everything is validated before anything is embedded or stored: a call adds all its documents
+        or none.
+
         Raises:
-            ValueError: Duplicate ids (within the call or already indexed) or mismatched lengths.
-            TypeError: A text that is not a string.
+            ValueError: Duplicate ids (within the call or already indexed), mismatched lengths, text
+                that is not valid Unicode, or NaN/infinite metadata values.
+            TypeError: A bare string where a list is expected, a text or id that is not a string, or
+                metadata that is not a dict of string keys and JSON values.
         """
-        texts = list(texts)
+        texts = check_sequence(texts, "texts")
         for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__}")
-        if ids is not None and len(ids) != len(texts):
-            raise ValueError(f"got {len(ids)} ids for {len(texts)} texts")
-        if metadatas is not None and len(metadatas) != len(texts):
-            raise ValueError(f"got {len(metadatas)} metadatas for {len(texts)} texts")
+            check_text(text, f"texts[{i}]")
+        id_list = None if ids is None else check_sequence(ids, "ids")
+        meta_list = None if metadatas is None else check_sequence(metadatas, "metadatas")
+        for i, doc_id in enumerate(id_list or []):
+            if not isinstance(doc_id, str) or not doc_id:
+                raise TypeError(f"ids[{i}] must be a non-empty string, got {doc_id!r:.60}")
+        if id_list is not None and len(id_list) != len(texts):
+            raise ValueError(f"got {len(id_list)} ids for {len(texts)} texts")
+        if meta_list is not None and len(meta_list) != len(texts):
+            raise ValueError(f"got {len(meta_list)} metadatas for {len(texts)} texts")
         docs = [
             Document(
-                id=str(ids[i]) if ids is not None else f"doc-{self._next_id + i}",
+                id=id_list[i] if id_list is not None else f"doc-{self._next_id + i}",
                 text=text,
-                metadata=dict(metadatas[i]) if metadatas is not None else {},
+                metadata=meta_list[i] if meta_list is not None else {},
             )
             for i, text in enumerate(texts)
         ]
@@ -198,7 +250,15 @@ class FaissIndex:
             embeddings: Their unit vectors from this index's embedder, shape ``(n, dimension)``, when
                 already computed (e.g. to build several index types from one embedding pass).
         """
-        docs = list(documents)
+        docs = []
+        for i, doc in enumerate(check_sequence(documents, "documents")):
+            if not isinstance(doc, Document):
+                raise TypeError(f"documents[{i}] must be a Document, got {type(doc).__name__}")
+            if not isinstance(doc.id, str) or not doc.id:
+                raise TypeError(f"documents[{i}].id must be a non-empty string, got {doc.id!r:.60}")
+            check_text(doc.id, f"documents[{i}].id")
+            check_text(doc.text, f"documents[{i}].text")
+            docs.append(Document(doc.id, doc.text, validate_metadata(doc.metadata, f"metadatas[{i}]")))
         seen: set[str] = set()
         for doc in docs:
             if doc.id in self._ids or doc.id in seen:
@@ -219,33 +279,50 @@ class FaissIndex:
     def _add_vectors(self, docs: Sequence[Document], vectors: FloatArray) -> None:
         if vectors.shape != (len(docs), self.dimension):
             raise ValueError(f"expected vectors of shape {(len(docs), self.dimension)}, got {vectors.shape}")
-        if self._faiss_index is None:
-            self._faiss_index = self._new_index(len(docs))
-            self._faiss_index.train(vectors)
+        if not np.all(np.isfinite(vectors)):
+            raise ValueError("embeddings must be finite (got NaN or infinity)")
+        faiss_index = self._faiss_index
+        if faiss_index is None:
+            faiss_index = self._new_index(len(docs))
+            faiss_index.train(vectors)
         int_ids = np.arange(self._next_id, self._next_id + len(docs), dtype=np.int64)
-        self._faiss_index.add_with_ids(vectors, int_ids)
+        faiss_index.add_with_ids(vectors, int_ids)  # the one step that can fail: nothing else changed yet
+        self._faiss_index = faiss_index
         for int_id, doc in zip(int_ids.tolist(), docs, strict=True):
-            self._docs[int_id] = Document(doc.id, doc.text, dict(doc.metadata))
+            self._docs[int_id] = doc
             self._ids[doc.id] = int_id
         self._next_id += len(docs)
 
     def delete(self, ids: Iterable[str]) -> None:
-        """Remove documents by id without rebuilding. KeyError names any unknown id (nothing is removed)."""
-        wanted = list(ids)
+        """Remove documents by id without rebuilding; all of them or, on any error, none.
+
+        An id given twice is removed once. KeyError names any unknown id (nothing is removed then);
+        a bare string is a TypeError (it would be read as one id per character).
+        """
+        wanted = list(dict.fromkeys(check_sequence(ids, "ids")))
+        for i, doc_id in enumerate(wanted):
+            if not isinstance(doc_id, str):
+                raise TypeError(f"ids[{i}] must be a string, got {type(doc_id).__name__}")
         unknown = [i for i in wanted if i not in self._ids]
         if unknown:
             raise KeyError(f"cannot delete unknown document ids {unknown[:10]}")
-        int_ids = np.asarray([self._ids.pop(i) for i in wanted], dtype=np.int64)
-        for int_id in int_ids.tolist():
-            del self._docs[int_id]
+        int_ids = np.asarray([self._ids[i] for i in wanted], dtype=np.int64)
+        if len(int_ids) == 0:
+            return
         if self.index_type == "hnsw":
             self._deleted.update(int_ids.tolist())
-        elif len(int_ids):
-            self._faiss_index.remove_ids(int_ids)
+        else:
+            removed = self._faiss_index.remove_ids(int_ids)
+            if removed != len(int_ids):
+                raise RuntimeError(f"FAISS removed {removed} of {len(int_ids)} vectors; the index is unchanged")
+        for doc_id, int_id in zip(wanted, int_ids.tolist(), strict=True):
+            del self._ids[doc_id]
+            del self._docs[int_id]
 
     # -- search -------------------------------------------------------------------------------
     def search(self, query: str, k: int = 10, *, where: MetadataFilter | None = None) -> list[SearchHit]:
         """The ``k`` documents most similar to ``query`` (fewer if fewer exist or match ``where``)."""
+        check_text(query, "query")
         return self.search_many([query], k, where=where)[0]
 
     def search_many(
@@ -254,11 +331,12 @@ class FaissIndex:
         """Batched :meth:`search`: one embedding pass and one FAISS call for all ``queries``."""
         if isinstance(queries, str):
             raise TypeError("search_many takes a list of query strings; use search() for one query")
+        queries = check_sequence(queries, "queries")
         for i, q in enumerate(queries):
-            if not isinstance(q, str):
-                raise TypeError(f"queries[{i}] must be a string, got {type(q).__name__}")
+            check_text(q, f"queries[{i}]")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        _check_where(where)
         if not queries:
             return []
         vectors = self.embedder.encode(list(queries), show_progress=False)
@@ -268,6 +346,7 @@ class FaissIndex:
         self, vectors: FloatArray, k: int, *, where: MetadataFilter | None = None
     ) -> list[list[SearchHit]]:
         """Search with precomputed unit query vectors of shape ``(n, dimension)``."""
+        _check_where(where)
         if len(self._docs) == 0:
             return [[] for _ in range(len(vectors))]
         faiss = _faiss()

@@ -67,13 +67,61 @@ def test_help_lists_every_command():
         assert invoke(command, "--help").exit_code == 0
 
 
+def _documents(index_dir: Path) -> list[dict]:
+    from ce_rerank_plugins.retrieval import FaissIndex
+
+    loaded = FaissIndex.load(index_dir)
+    return [{"id": i, "metadata": dict(loaded.get(i).metadata)} for i in loaded.ids]
+
+
 def test_index_reads_txt_md_jsonl_and_chunks(index_dir):
-    manifest = json.loads((index_dir / "manifest.json").read_text())
-    documents = [json.loads(line) for line in (index_dir / "documents.jsonl").read_text().splitlines()]
-    assert manifest["count"] == len(documents) > 10
+    from ce_rerank_plugins.retrieval._persistence import read_manifest
+
+    documents = _documents(index_dir)
+    assert read_manifest(index_dir)["count"] == len(documents) > 10
     sources = {d["metadata"]["source"] for d in documents}
     assert sources == {"lyon.md", "coffee.txt", "sleep.jsonl"}
     assert any(d["metadata"].get("topic") == "sleep" for d in documents)
+    citations = [(d["metadata"]["source"], d["metadata"]["chunk_index"]) for d in documents]
+    assert len(set(citations)) == len(citations)  # one contract: every chunk has a unique citation
+    assert not any("position" in d["metadata"] for d in documents)
+
+
+def test_index_reports_files_it_did_not_read(docs_dir, tmp_path):
+    result = invoke("index", str(docs_dir), "--out", str(tmp_path / "ix"), "--chunk-tokens", "64", "--overlap", "8")
+    assert result.exit_code == 0
+    assert "not read (unsupported file types): 1 .csv" in result.output.replace("\n", " ")
+
+
+def test_index_names_files_by_their_path_so_equal_names_never_collide(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / "tree" / sub).mkdir(parents=True)
+        (tmp_path / "tree" / sub / "README.md").write_text(f"The {sub} project explains itself here.")
+    result = invoke("index", str(tmp_path / "tree"), "--out", str(tmp_path / "ix"))
+    assert result.exit_code == 0, result.output
+    documents = _documents(tmp_path / "ix")
+    assert sorted(d["id"] for d in documents) == ["a/README.md#0", "b/README.md#0"]
+    assert sorted(d["metadata"]["source"] for d in documents) == ["a/README.md", "b/README.md"]
+
+
+def test_indexing_a_folder_into_itself_never_reads_the_index_and_never_deletes(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("Lyon is a city in France on the Rhône.")
+    (docs / "b.jsonl").write_text(json.dumps({"id": "r1", "text": "Paris is the capital."}) + "\n")
+    for _ in range(3):
+        assert invoke("index", str(docs), "--out", str(docs / "index")).exit_code == 0
+        assert len(_documents(docs / "index")) == 2  # not 2 -> 4 -> 6
+    # Into the very folder being indexed: refused, and nothing there is touched.
+    (docs / "sub").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "ce_rerank_plugins.cli", "index", str(docs), "--out", str(docs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1 and "refusing to save an index into" in result.stderr
+    assert sorted(p.name for p in docs.iterdir()) == ["a.md", "b.jsonl", "index", "sub"]
 
 
 def test_query_table_json_and_context(index_dir, tiny_ce_path):
@@ -169,7 +217,13 @@ def test_demo_answer_movement(after, answers, expected):
     [
         (["index", "{tmp}/missing", "--out", "{tmp}/o"], 1, "no such file or folder"),
         (["index", "{empty}", "--out", "{tmp}/o"], 1, "no .txt, .md or .jsonl files found"),
-        (["index", "{tmp}/bad.csv", "--out", "{tmp}/o"], 2, "unsupported file type '.csv'"),
+        (["index", "{tmp}/bad.csv", "--out", "{tmp}/o"], 1, "unsupported file type '.csv'"),
+        (["index", "{empty}", "--out", "{tmp}/bad.csv"], 1, "it is a file, not a directory"),
+        (["index", "{empty}", "--out", "{tmp}/o", "--index-type", "lsh"], 2, "--index-type must be flat, hnsw or ivf"),
+        (["query", "{tmp}/missing", "q", "-k", "0", "-m", "{model}"], 2, "-k and -n must be >= 1"),
+        (["query", "{tmp}/missing", "q", "--precision", "fp8", "-m", "{model}"], 2, "--precision must be one of"),
+        (["eval", "{tmp}/missing", "--depths", "0", "-m", "{model}"], 2, "--depths must be positive integers"),
+        (["eval", "{tmp}/missing", "--max-queries", "-1", "-m", "{model}"], 2, "--max-queries must be >= 1"),
         (["query", "{tmp}/missing", "question", "-m", "{model}"], 1, "no saved index at"),
         (["query", "{tmp}", "   ", "-m", "{model}"], 2, "the question is empty"),
         (["eval", "{noqrels}", "-m", "{model}"], 1, "qrels file .* is missing"),

@@ -73,3 +73,34 @@ def test_bad_input():
 
 def test_approximate_token_count():
     assert approximate_token_count("Lyon has 522,000 inhabitants.") == 7
+
+
+def test_chunk_contract_reads_source_and_position_once_for_every_caller():
+    from ce_rerank_plugins.context import POSITION_KEY, SOURCE_KEY, chunk_from_metadata
+
+    meta = {SOURCE_KEY: "docs/lyon.md", POSITION_KEY: 2, "other": 1}
+    chunk = chunk_from_metadata("t", meta, fallback_source="id-1", score=0.5)
+    assert (chunk.citation, chunk.score, dict(chunk.metadata)) == ("docs/lyon.md#2", 0.5, meta)
+    assert chunk_from_metadata("t", {}, fallback_source="id-1").citation == "id-1"
+    assert chunk_from_metadata("t", {"source": "a.md", "position": "3.1"}, fallback_source="x").citation == "a.md#3.1"
+    meta["other"] = 2
+    assert chunk.metadata["other"] == 1  # copied, not shared
+
+
+def test_repeated_citations_are_made_unique_and_nothing_is_dropped():
+    from ce_rerank_plugins.context import with_unique_citations
+
+    chunks_in = [
+        ContextChunk("a", "lyon.md"),
+        ContextChunk("b", "lyon.md"),
+        ContextChunk("c", "lyon.md", "~2"),
+        ContextChunk("d", "paris.md", 1),
+        ContextChunk("e", "paris.md", 1),
+    ]
+    out = with_unique_citations(chunks_in)
+    labels = [c.citation for c in out]
+    assert [c.text for c in out] == ["a", "b", "c", "d", "e"]
+    assert len(set(labels)) == 5
+    assert labels[0] == "lyon.md" and labels[3] == "paris.md#1" and labels[4] == "paris.md#1~2"
+    context = assemble_context(out, max_tokens=500)
+    assert len(context.included) == 5

@@ -97,6 +97,17 @@ def test_empty_inputs(tiny_ce_path):
         (lambda r: r.predict([("a", "b")], score_mode="softmax"), ValueError, "needs a model with num_labels > 1"),
         (lambda r: r.predict([("a", "b")], score_mode="probit"), ValueError, "score_mode must be one of"),
         (lambda r: r.classify([("a", "b")]), ValueError, "classify\\(\\) needs a model with num_labels > 1"),
+        (lambda r: r.rank(QUERY, ["a"], score_threshold=float("nan")), ValueError, "score_threshold is NaN"),
+        (lambda r: r.rank(QUERY, ["a"], score_threshold="0.5"), TypeError, "score_threshold must be a number"),
+        (lambda r: r.rank(QUERY, [], score_threshold="0.5"), TypeError, "score_threshold must be a number"),
+        (lambda r: r.rank(QUERY, ["a"], min_keep=-1), ValueError, "min_keep must be a non-negative integer"),
+        (
+            lambda r: r.rank(QUERY, ["ok", "bad\udc80"]),
+            ValueError,
+            r"documents\[1\] is not valid Unicode text: character 3",
+        ),
+        (lambda r: r.rank("q\ud800", ["ok"]), ValueError, "query is not valid Unicode text: character 1"),
+        (lambda r: r.predict([("a", "\udfff")]), ValueError, r"pairs\[0\]\[1\] is not valid Unicode text"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(tiny_ce_path, call, error, match):
@@ -111,6 +122,7 @@ def test_bad_inputs_raise_clear_errors(tiny_ce_path, call, error, match):
         ({"precision": "fp8"}, "precision must be one of"),
         ({"max_length": 2}, "max_length must be an integer >= 8"),
         ({"min_keep": -1}, "min_keep must be a non-negative integer"),
+        ({"score_threshold": float("nan")}, "score_threshold is NaN"),
     ],
 )
 def test_bad_settings_raise(tiny_ce_path, kwargs, match):
@@ -245,6 +257,19 @@ def test_duplicates_scored_once_and_cache_hits(tiny_ce_path):
     logits_view = CrossEncoderReranker(tiny_ce_path, cache=cache, score_mode="logits")
     logits_view.rank(QUERY, docs)
     assert cache.info().hits == 6
+
+
+def test_a_shared_cache_never_mixes_truncated_and_windowed_scores(tiny_ce_path):
+    cache = ScoreCache(maxsize=100)
+    long_passage = " ".join(["unrelated filler words"] * 40) + " Lyon has 522,000 inhabitants."
+    truncating = CrossEncoderReranker(tiny_ce_path, max_length=48, cache=cache)
+    windowed = CrossEncoderReranker(tiny_ce_path, max_length=48, cache=cache, long_document=True, window_overlap=8)
+    first = truncating.predict([(QUERY, long_passage)])
+    second = windowed.predict([(QUERY, long_passage)])
+    fresh = CrossEncoderReranker(tiny_ce_path, max_length=48, long_document=True, window_overlap=8)
+    assert second[0] == pytest.approx(fresh.predict([(QUERY, long_passage)])[0], abs=1e-6)
+    assert second[0] != pytest.approx(first[0], abs=1e-6)
+    assert cache.info().hits == 0
 
 
 def test_cache_is_bounded():

@@ -181,3 +181,19 @@ def test_documents_to_context_budget_and_citations(docs):
     assert ctx.included[0].citation == "lyon.md#0"
     assert ctx.dropped  # 5 passages do not fit in 60 tokens: reported, not lost
     assert len(ctx.included) + len(ctx.dropped) == 5
+
+
+def test_context_from_chunks_of_one_source_without_positions_does_not_crash(compressor):
+    from langchain_core.documents import Document
+
+    docs = [Document(page_content=t, metadata={"source": "lyon.md"}) for t in ("Lyon is big.", "Lyon is old.")]
+    ctx = documents_to_context(docs, max_tokens=200)
+    assert [c.citation for c in ctx.included] == ["lyon.md", "lyon.md#~2"]
+    assert "[lyon.md] Lyon is big." in ctx.text and "[lyon.md#~2] Lyon is old." in ctx.text
+
+
+def test_compressor_refuses_a_nan_threshold_when_built(tiny_ce_path):
+    with pytest.raises(ValueError, match="score_threshold is NaN"):
+        CrossEncoderCompressor(model=str(tiny_ce_path), score_threshold=float("nan"))
+    with pytest.raises(ValueError, match="min_keep must be a non-negative integer"):
+        CrossEncoderCompressor(model=str(tiny_ce_path), min_keep=-1)

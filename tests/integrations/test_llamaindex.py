@@ -153,3 +153,14 @@ def test_nodes_to_context(nodes):
     ctx = nodes_to_context(nodes[:4], max_tokens=1000, ordering="edges")
     assert [c.citation for c in ctx.included] == ["lyon.md#0", "lyon.md#2", "lyon.md#3", "lyon.md#1"]
     assert ctx.text.startswith("[lyon.md#0]")
+
+
+def test_context_from_nodes_of_one_source_without_positions_does_not_crash():
+    nodes = [NodeWithScore(node=TextNode(text=t, metadata={"source": "lyon.md"}), score=1.0) for t in ("a", "b")]
+    ctx = nodes_to_context(nodes, max_tokens=200)
+    assert [c.citation for c in ctx.included] == ["lyon.md", "lyon.md#~2"]
+
+
+def test_postprocessor_refuses_a_nan_threshold_when_built(tiny_ce_path):
+    with pytest.raises(ValueError, match="score_threshold is NaN"):
+        CrossEncoderNodePostprocessor(model=str(tiny_ce_path), score_threshold=float("nan"))

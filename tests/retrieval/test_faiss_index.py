@@ -108,104 +108,6 @@ def test_ivf_needs_enough_training_vectors():
         FaissIndex(index_type="ivf", nlist=8).add(TEXTS[:3])
 
 
-def test_persistence_round_trip(index, tmp_path):
-    index.save(tmp_path / "ix")
-    files = sorted(p.name for p in (tmp_path / "ix").iterdir())
-    assert files == ["documents.jsonl", "index.faiss", "manifest.json"]
-    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
-    assert manifest["embedding_model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert manifest["dimension"] == 384 and manifest["normalized"] is True and manifest["count"] == len(TEXTS)
-    loaded = FaissIndex.load(tmp_path / "ix")
-    for q in ["population of Lyon", "cell energy"]:
-        assert [(h.id, round(h.score, 5)) for h in loaded.search(q, k=4)] == [
-            (h.id, round(h.score, 5)) for h in index.search(q, k=4)
-        ]
-    loaded.add(["new text"], ids=["new"])  # ids continue after a reload without clashing
-    assert "new" in loaded
-
-
-def test_hnsw_deletions_survive_a_reload(tmp_path):
-    ix = FaissIndex(index_type="hnsw")
-    ix.add(TEXTS, ids=[f"d{i}" for i in range(len(TEXTS))])
-    ix.delete(["d0"])
-    loaded = FaissIndex.load(ix.save(tmp_path / "h"))
-    assert all(h.id != "d0" for h in loaded.search("population of Lyon", k=6))
-
-
-def test_crash_mid_save_leaves_previous_index_loadable(index, tmp_path, monkeypatch):
-    target = tmp_path / "ix"
-    index.save(target)
-    bigger = FaissIndex()
-    bigger.add([*TEXTS, "one more"])
-
-    def crash(*args, **kwargs):
-        raise OSError("disk full (simulated)")
-
-    monkeypatch.setattr(_persistence, "_fsync_dir", crash)
-    with pytest.raises(OSError, match="simulated"):
-        bigger.save(target)
-    monkeypatch.undo()
-    assert len(FaissIndex.load(target)) == len(TEXTS)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ix.tmp-")]  # no half-written leftovers
-
-
-def _saved(index: FaissIndex, tmp_path: Path) -> Path:
-    return index.save(tmp_path / "ix")
-
-
-@pytest.mark.parametrize(
-    ("damage", "match"),
-    [
-        (lambda d: (d / "manifest.json").unlink(), "manifest.json is missing"),
-        (lambda d: (d / "index.faiss").unlink(), "incomplete: index.faiss is missing"),
-        (lambda d: (d / "documents.jsonl").write_text("{}\n"), "corrupt: documents.jsonl does not match its checksum"),
-        (lambda d: (d / "index.faiss").write_bytes(b"garbage"), "corrupt: index.faiss does not match its checksum"),
-        (lambda d: (d / "manifest.json").write_text("{not json"), "corrupt: not valid JSON"),
-        (lambda d: _edit_manifest(d, format_version=99), "format version 99, newer than this library reads"),
-        (lambda d: _edit_manifest(d, format="pickle"), "is not a ce-rerank-faiss-index manifest"),
-        (lambda d: _edit_manifest(d, count=99), "inconsistent: manifest count 99"),
-        (lambda d: shutil.rmtree(d), "the directory does not exist"),
-    ],
-)
-def test_every_damaged_index_raises_a_clear_error(index, tmp_path, damage, match):
-    directory = _saved(index, tmp_path)
-    damage(directory)
-    with pytest.raises(IndexFormatError, match=match):
-        FaissIndex.load(directory)
-
-
-def _edit_manifest(directory: Path, **changes: object) -> None:
-    path = directory / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest.update(changes)
-    path.write_text(json.dumps(manifest))
-
-
-def test_loading_with_another_embedding_model_is_refused(index, tmp_path):
-    directory = _saved(index, tmp_path)
-    _edit_manifest(directory, embedding_model="other/model")
-    with pytest.raises(IndexFormatError, match="built with embedding model 'other/model'"):
-        FaissIndex.load(directory, embedder=Embedder())
-    # Without an embedder, the one in the manifest is loaded, and its absence is named.
-    with pytest.raises(ModelLoadError, match="could not load bi-encoder 'other/model'"):
-        FaissIndex.load(directory)
-
-
-def test_loading_with_another_embedder_dimension_is_refused(index, tmp_path, tiny_ce_path):
-    directory = _saved(index, tmp_path)
-    _edit_manifest(directory, dimension=128)
-    with pytest.raises(IndexFormatError, match="dimension 128, but the embedder produces 384"):
-        FaissIndex.load(directory)
-
-
-def test_no_pickle_in_saved_files(index, tmp_path):
-    directory = _saved(index, tmp_path)
-    for name in ("documents.jsonl", "manifest.json"):
-        for line in (directory / name).read_text().splitlines():
-            json.loads(line) if name.endswith("jsonl") else None
-    assert not (directory / "index.faiss").read_bytes().startswith(b"\x80")  # not a pickle stream
-
-
 def test_embedding_progress_bar_only_for_large_batches(capsys):
     embedder = Embedder()
     embedder.encode(["short"] * 3)
@@ -253,3 +155,85 @@ def test_add_with_precomputed_embeddings(index):
         FaissIndex(index.embedder).add_documents([Document("x", "x")], embeddings=vectors[:1] * 2)
     with pytest.raises(ValueError, match="expected vectors of shape"):
         FaissIndex(index.embedder).add_documents([Document("x", "x")], embeddings=vectors[:2])
+
+
+def test_deleting_an_id_twice_in_one_call_removes_it_once_and_fully(tmp_path):
+    ix = FaissIndex()
+    ix.add(["Paris is the capital of France.", "Lyon is on the Rhône."], ids=["paris", "lyon"])
+    ix.delete(["paris", "paris"])
+    assert "paris" not in ix and len(ix) == 1
+    assert [h.id for h in ix.search("capital of France", k=5)] == ["lyon"]  # no ghost vector
+    ix.add(["Paris again."], ids=["paris"])
+    assert [h.id for h in ix.search("Paris", k=5)].count("paris") == 1
+    loaded = FaissIndex.load(ix.save(tmp_path / "ix"))
+    assert sorted(h.id for h in loaded.search("Paris", k=5)) == ["lyon", "paris"]
+
+
+def test_a_bare_string_is_refused_where_a_list_is_expected():
+    ix = FaissIndex()
+    with pytest.raises(TypeError, match="texts must be a list, not a single str"):
+        ix.add("hello")
+    with pytest.raises(TypeError, match="ids must be a list, not a single str"):
+        ix.add(["a", "b"], ids="ab")
+    with pytest.raises(TypeError, match="metadatas must be a list"):
+        ix.add(["a"], metadatas={"source": "x"})
+    ix.add(["hello"], ids=["paris"])
+    with pytest.raises(TypeError, match="ids must be a list, not a single str"):
+        ix.delete("paris")
+    with pytest.raises(TypeError, match="ids\\[0\\] must be a non-empty string"):
+        ix.add(["a"], ids=[1])
+    assert ix.ids == ["paris"]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "error", "match"),
+    [
+        ({1: "one"}, TypeError, "has the key 1 \\(int\\); metadata keys must be strings"),
+        ({"t": (1, 2)}, TypeError, "metadatas\\[0\\]\\['t'\\] is a tuple"),
+        ({"x": float("nan")}, ValueError, "JSON cannot store NaN or infinity"),
+        ({"x": float("inf")}, ValueError, "JSON cannot store NaN or infinity"),
+        ({"when": __import__("datetime").datetime(2026, 1, 1)}, TypeError, "is a datetime"),
+        ({"s": {1, 2}}, TypeError, "is a set"),
+        ({"f": np.float32(1.5)}, TypeError, "convert it with float\\(\\) or int\\(\\)"),
+        ({"nested": {"deep": [1, {"k": float("nan")}]}}, ValueError, "\\['nested'\\]\\['deep'\\]\\[1\\]\\['k'\\]"),
+        (None, TypeError, "metadatas\\[0\\] must be a dict, got NoneType"),
+    ],
+)
+def test_metadata_that_cannot_round_trip_is_refused_at_add(metadata, error, match):
+    ix = FaissIndex()
+    with pytest.raises(error, match=match):
+        ix.add(["text"], metadatas=[metadata])
+    assert len(ix) == 0  # nothing added
+
+
+def test_accepted_metadata_round_trips_exactly(tmp_path):
+    meta = {"s": "é", "i": 3, "f": 0.25, "b": True, "n": None, "l": [1, "a", [2]], "d": {"k": {"x": -1}}}
+    ix = FaissIndex()
+    ix.add(["text"], ids=["a"], metadatas=[meta])
+    loaded = FaissIndex.load(ix.save(tmp_path / "ix"))
+    assert dict(loaded.get("a").metadata) == meta == dict(ix.get("a").metadata)
+    assert loaded.search("text", k=1, where={"i": 3})[0].id == "a"
+
+
+def test_the_callers_metadata_is_copied_not_shared():
+    meta = {"tags": ["a"]}
+    ix = FaissIndex()
+    ix.add(["text"], ids=["a"], metadatas=[meta])
+    meta["tags"].append("b")
+    assert ix.get("a").metadata == {"tags": ["a"]}
+
+
+def test_text_that_does_not_encode_is_named_with_its_position():
+    ix = FaissIndex()
+    with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode text: character 3 is a lone surrogate"):
+        ix.add(["fine", "abc\ud800def"])
+    ix.add(["fine"])
+    with pytest.raises(ValueError, match="query is not valid Unicode text"):
+        ix.search("q\udfff")
+    with pytest.raises(TypeError, match="query must be a string"):
+        ix.search(None)  # type: ignore[arg-type]
+
+
+def test_where_must_be_a_mapping(index):
+    with pytest.raises(TypeError, match="where must be a dict"):
+        index.search("x", k=2, where="a.md")  # type: ignore[arg-type]

@@ -1,0 +1,36 @@
+"""Input checks shared by the core, the index and the adapters, so every entry point names a problem the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["check_sequence", "check_text"]
+
+
+def check_text(value: object, where: str) -> str:
+    """``value`` if it is a string that UTF-8 can encode; else a TypeError/ValueError naming ``where``.
+
+    A lone UTF-16 surrogate (from a bad JSON decode or a PDF extractor) cannot be tokenised; it is
+    reported with its position instead of failing deep inside the tokenizer.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{where} must be a string, got {type(value).__name__} ({value!r:.60})")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        message = (
+            f"{where} is not valid Unicode text: character {exc.start} is a lone surrogate "
+            f"({value[exc.start]!r}); clean it first, e.g. text.encode('utf-8', 'replace').decode('utf-8')"
+        )
+        raise ValueError(message) from None
+    return value
+
+
+def check_sequence(value: object, name: str) -> list[Any]:
+    """``value`` as a list, refusing a bare string (which would be split into characters) and non-sequences."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a list, not a single {type(value).__name__}; wrap it: [{value!r:.40}]")
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list, got {type(value).__name__}")
+    return list(value)

@@ -1,0 +1,188 @@
+"""Reading files and folders into chunks with stable ids and the chunk metadata contract.
+
+What ``ce-rerank index`` does, as a library call. The contract (see :mod:`ce_rerank_plugins.context`):
+
+- ``source``: the file's path relative to the folder that was given (``a/README.md``), so two files
+  of the same name never collide; a file given directly is named by its file name. A JSON Lines
+  record may carry its own ``source``.
+- ``chunk_index``: the citation position within that source. For .txt/.md files, the chunk's number.
+  For a JSON Lines record, the record's ``chunk_index`` (or ``position``), else its line number; a
+  record split into several chunks gets ``"<record position>.<chunk>"``.
+- ids: ``<source>#<chunk>`` for files and ``<record id>#<chunk>`` for JSON Lines records.
+
+Folders named in ``exclude`` (the index's own output folder) are never read, so indexing a folder
+into a subfolder of itself does not ingest the previous index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ce_rerank_plugins.context.assembly import POSITION_KEY, SOURCE_KEY
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "IngestedFiles",
+    "SourceRecord",
+    "build_index_from_files",
+    "collect_files",
+    "read_records",
+]
+
+SUPPORTED_SUFFIXES = (".txt", ".md", ".jsonl")
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One unit of text before chunking: a whole .txt/.md file, or one JSON Lines record."""
+
+    id: str
+    text: str
+    source: str
+    position: int | str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestedFiles:
+    """The files to read, each with its source name, and the files found but not read (by suffix)."""
+
+    files: list[tuple[Path, str]]
+    skipped: dict[str, int]
+
+
+def _inside(path: Path, folders: Sequence[Path]) -> bool:
+    resolved = path.resolve()
+    return any(resolved == f or f in resolved.parents for f in folders)
+
+
+def collect_files(paths: Sequence[Path], *, exclude: Sequence[Path] = ()) -> IngestedFiles:
+    """The readable files under ``paths`` with their source names; nothing under ``exclude`` is read.
+
+    Raises:
+        FileNotFoundError: A path does not exist.
+        ValueError: A file given directly has an unsupported suffix.
+    """
+    excluded = [Path(p).resolve() for p in exclude]
+    files: list[tuple[Path, str]] = []
+    skipped: dict[str, int] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no such file or folder: {path}")
+        if path.is_dir():
+            for p in sorted(path.rglob("*")):
+                if not p.is_file() or _inside(p, excluded):
+                    continue
+                if p.suffix in SUPPORTED_SUFFIXES:
+                    files.append((p, p.relative_to(path).as_posix()))
+                else:
+                    skipped[p.suffix or "(no suffix)"] = skipped.get(p.suffix or "(no suffix)", 0) + 1
+        elif path.suffix in SUPPORTED_SUFFIXES:
+            files.append((path, path.name))
+        else:
+            raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(SUPPORTED_SUFFIXES)})")
+    sources = [s for _, s in files]
+    repeated = sorted({s for s in sources if sources.count(s) > 1})
+    if repeated:
+        raise ValueError(
+            f"two inputs have the same source name {repeated[:3]}: give their common parent folder instead, "
+            f"so each is named by its path"
+        )
+    return IngestedFiles(files, skipped)
+
+
+def _read_jsonl(file: Path, source: str) -> list[SourceRecord]:
+    records = []
+    with file.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{file}:{line_no}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise ValueError(f"{file}:{line_no}: each line needs a string field 'text'")
+            doc_id = str(row.get("id", row.get("_id", f"{source}:{line_no}")))
+            text = f"{row['title']} {row['text']}".strip() if row.get("title") else row["text"]
+            position = row.get(POSITION_KEY, row.get("position", line_no))
+            meta = {k: v for k, v in row.items() if k not in {"id", "_id", "text", "title", POSITION_KEY, "position"}}
+            record_source = meta.pop(SOURCE_KEY, None)
+            records.append(SourceRecord(doc_id, text, str(record_source) if record_source else source, position, meta))
+    return records
+
+
+def read_records(files: IngestedFiles) -> list[SourceRecord]:
+    """One record per .txt/.md file and per JSON Lines line, in file order.
+
+    Raises:
+        ValueError: A JSON Lines line is not an object with a string ``text`` (file and line named).
+    """
+    records: list[SourceRecord] = []
+    for file, source in files.files:
+        if file.suffix == ".jsonl":
+            records += _read_jsonl(file, source)
+        else:
+            text = file.read_text(encoding="utf-8", errors="replace")
+            records.append(SourceRecord(source, text, source, None))
+    return records
+
+
+def build_index_from_files(
+    paths: Sequence[Path],
+    *,
+    embedder: Any = None,
+    chunk_tokens: int = 200,
+    overlap: int = 40,
+    index_type: str = "flat",
+    exclude: Sequence[Path] = (),
+    show_progress: bool | None = None,
+) -> tuple[Any, IngestedFiles]:
+    """Read, chunk and embed files into a new ``FaissIndex``; returns it and what was (not) read.
+
+    Args:
+        paths: Files (.txt, .md, .jsonl) or folders of them.
+        embedder: An ``Embedder``, a bi-encoder name or path, or None for the bundled one.
+        chunk_tokens: Tokens per chunk (bi-encoder tokenizer).
+        overlap: Tokens shared by consecutive chunks.
+        index_type: ``"flat"``, ``"hnsw"`` or ``"ivf"``.
+        exclude: Folders never read (e.g. the index's own output folder).
+        show_progress: Progress bar while embedding.
+
+    Raises:
+        FileNotFoundError: No readable file was found.
+        ValueError: The files hold no text, or a JSON Lines line is malformed.
+    """
+    from ce_rerank_plugins.retrieval.chunking import TokenChunker
+    from ce_rerank_plugins.retrieval.faiss_index import FaissIndex
+
+    found = collect_files(paths, exclude=exclude)
+    if not found.files:
+        raise FileNotFoundError(f"no .txt, .md or .jsonl files found in {', '.join(map(str, paths))}")
+    records = read_records(found)
+    index = FaissIndex(embedder, index_type=index_type, show_progress=show_progress)  # type: ignore[arg-type]
+    chunker = TokenChunker(index.embedder.tokenizer, chunk_tokens=chunk_tokens, overlap=overlap)
+    texts, ids, metas = [], [], []
+    for record in records:
+        pieces = chunker.split(record.text, source=record.source, metadata=record.metadata)
+        for chunk in pieces:
+            number = chunk.metadata[POSITION_KEY]
+            if record.position is None:
+                position: int | str = number
+            else:
+                position = record.position if len(pieces) == 1 else f"{record.position}.{number}"
+            ids.append(f"{record.id}#{number}")
+            texts.append(chunk.text)
+            metas.append({**chunk.metadata, POSITION_KEY: position})
+    if not texts:
+        raise ValueError("the input files hold no text to index")
+    index.add(texts, ids=ids, metadatas=metas)
+    return index, found
