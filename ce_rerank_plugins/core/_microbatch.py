@@ -102,6 +102,12 @@ class MicroBatcher:
             self._saw_concurrency = len(gathered) > 1 or bool(self._queue)
             return gathered
 
+    def _run_alone(self, request: _Request) -> None:
+        try:
+            request.future.set_result(self._score_fn(request.pairs, request.batch_size))
+        except BaseException as exc:  # this caller, and only this one, learns of its failure
+            request.future.set_exception(exc)
+
     def _run(self) -> None:
         while True:
             gathered = self._gather()
@@ -111,9 +117,13 @@ class MicroBatcher:
             pairs = [pair for request in live for pair in request.pairs]
             try:
                 logits = self._score_fn(pairs, live[0].batch_size)
-            except BaseException as exc:  # every waiting caller must learn of the failure
-                for request in live:
-                    request.future.set_exception(exc)
+            except BaseException as exc:
+                if len(live) == 1:
+                    live[0].future.set_exception(exc)
+                else:  # one caller's bad input must not fail the others: score each request alone
+                    logger.debug("shared run of %d requests failed (%s); retrying them one by one", len(live), exc)
+                    for request in live:
+                        self._run_alone(request)
                 continue
             offsets = np.cumsum([0] + [len(r.pairs) for r in live])
             for request, start, stop in zip(live, offsets[:-1], offsets[1:], strict=True):

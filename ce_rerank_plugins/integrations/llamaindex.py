@@ -13,7 +13,7 @@ from ce_rerank_plugins._optional import require
 
 require("llama_index.core", "llamaindex", purpose="ce_rerank_plugins.integrations.llamaindex")
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr  # noqa: E402
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr  # noqa: E402
 from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
 from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
@@ -53,6 +53,9 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
         >>> postprocessor = CrossEncoderNodePostprocessor(model="path/to/cross-encoder", top_n=5)  # doctest: +SKIP
         >>> query_engine = index.as_query_engine(node_postprocessors=[postprocessor])  # doctest: +SKIP
     """
+
+    # A misspelt setting (topn=3) is an error, not silently ignored.
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     model: str | None = Field(
         default=None, description="Cross-encoder name or path (default: $CE_RERANK_MODEL, bundled, or Hub)."

@@ -244,7 +244,8 @@ def save_index(index: FaissIndex, directory: Path) -> Path:
         raise ValueError("an empty IVF index has not been trained yet; add documents before saving it")
     directory = directory.expanduser()
     check_save_target(directory)
-    blobs = serialize_index(index)  # every byte is ready before the disk is touched
+    with index._lock:  # a consistent snapshot even while other threads add or delete
+        blobs = serialize_index(index)  # every byte is ready before the disk is touched
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory):
         check_save_target(directory)  # again, under the lock
@@ -462,7 +463,9 @@ def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] |
         nprobe=params["nprobe"],
     )
     index._faiss_index = faiss_index
-    for line_no, line in enumerate(blobs[DOCUMENTS_FILE].decode("utf-8").splitlines(), 1):
+    # split on "\n" only: str.splitlines() would also split inside texts at U+0085, U+2028 and friends
+    lines = blobs[DOCUMENTS_FILE].decode("utf-8").split("\n")
+    for line_no, line in enumerate(lines[:-1] if lines and lines[-1] == "" else lines, 1):
         try:
             record = json.loads(line)
             doc = Document(record["id"], record["text"], record["metadata"])

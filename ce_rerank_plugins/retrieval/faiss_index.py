@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,9 @@ class FaissIndex:
         self._next_id = 0
         # HNSW cannot remove vectors; deleted ones are masked at search time and dropped on rebuild.
         self._deleted: set[int] = set()
+        # Searches, adds, deletes and saves from several threads see whole operations, never halves.
+        # Embedding (the slow part) runs outside the lock.
+        self._lock = threading.RLock()
 
     # -- construction -------------------------------------------------------------------------
     def _new_index(self, n_first: int) -> Any:
@@ -281,6 +285,13 @@ class FaissIndex:
             raise ValueError(f"expected vectors of shape {(len(docs), self.dimension)}, got {vectors.shape}")
         if not np.all(np.isfinite(vectors)):
             raise ValueError("embeddings must be finite (got NaN or infinity)")
+        with self._lock:
+            self._add_vectors_locked(docs, vectors)
+
+    def _add_vectors_locked(self, docs: Sequence[Document], vectors: FloatArray) -> None:
+        for doc in docs:  # again under the lock: another thread may have added the id meanwhile
+            if doc.id in self._ids:
+                raise ValueError(f"duplicate document id {doc.id!r}: ids must be unique; delete it first to replace it")
         faiss_index = self._faiss_index
         if faiss_index is None:
             faiss_index = self._new_index(len(docs))
@@ -303,6 +314,10 @@ class FaissIndex:
         for i, doc_id in enumerate(wanted):
             if not isinstance(doc_id, str):
                 raise TypeError(f"ids[{i}] must be a string, got {type(doc_id).__name__}")
+        with self._lock:
+            self._delete_locked(wanted)
+
+    def _delete_locked(self, wanted: list[str]) -> None:
         unknown = [i for i in wanted if i not in self._ids]
         if unknown:
             raise KeyError(f"cannot delete unknown document ids {unknown[:10]}")
@@ -347,6 +362,12 @@ class FaissIndex:
     ) -> list[list[SearchHit]]:
         """Search with precomputed unit query vectors of shape ``(n, dimension)``."""
         _check_where(where)
+        with self._lock:
+            return self._search_vectors_locked(vectors, k, where)
+
+    def _search_vectors_locked(
+        self, vectors: FloatArray, k: int, where: MetadataFilter | None
+    ) -> list[list[SearchHit]]:
         if len(self._docs) == 0:
             return [[] for _ in range(len(vectors))]
         faiss = _faiss()

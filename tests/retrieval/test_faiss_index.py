@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ce_rerank_plugins import IndexFormatError, ModelLoadError
-from ce_rerank_plugins.retrieval import Embedder, FaissIndex, TokenChunker, _persistence
+from ce_rerank_plugins.retrieval import Embedder, FaissIndex, TokenChunker
 
 TEXTS = [
     "Lyon had about 522,000 inhabitants in the city proper at the last census.",
