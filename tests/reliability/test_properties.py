@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 from pathlib import Path
@@ -32,7 +33,7 @@ def test_rank_returns_each_index_once_sorted_and_stable(reranker, docs, top_n):
     assert all(0 <= i < len(docs) for i in ids)
     scores = [r.score for r in ranked]
     assert scores == sorted(scores, reverse=True)
-    for a, b in zip(ranked, ranked[1:], strict=False):  # ties keep input order
+    for a, b in itertools.pairwise(ranked):  # ties keep input order
         if a.score == b.score:
             assert a.corpus_id < b.corpus_id
     for r in ranked:  # equal texts get equal scores
