@@ -62,7 +62,9 @@ class RetrieveRerankPipeline:
         start = time.perf_counter()
         hits = self.index.search(query, k=self.k)
         retrieved = time.perf_counter()
-        ranked = self.reranker.rank(query, [h.text for h in hits], top_n=self.top_n)
+        ranked = self.reranker.rank(
+            query, [h.text for h in hits], top_n=self.top_n, first_stage_scores=[h.score for h in hits]
+        )
         done = time.perf_counter()
         reranked = [
             RankedHit(hits[r.corpus_id], r.score, position, r.corpus_id + 1) for position, r in enumerate(ranked, 1)

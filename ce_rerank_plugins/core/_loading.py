@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,42 +141,54 @@ def to_precision(model: Any, precision: str) -> Any:
     return model
 
 
-def bundled_model_dirs() -> list[Path]:
-    """Where an offline default cross-encoder may be: the repository's ``models/`` and ``../shared/models/``."""
-    repo = Path(__file__).resolve().parents[2]
-    return [repo / "models" / "ce-minilm-l6-offline", repo.parent / "shared" / "models"]
+#: Where the trained offline default lives: package data, so it installs with the wheel.
+BUNDLED_MODEL_NAME = "ce-minilm-l6-offline"
+#: A model directory may recommend how its scores are fused with the first stage (see ``core._fusion``).
+FUSION_FILE = "ce_rerank.json"
+
+
+def bundled_model_dir() -> Path | None:
+    """The offline default cross-encoder shipped inside the package, or None if this build has none."""
+    from importlib.resources import files
+
+    path = Path(str(files("ce_rerank_plugins") / "models" / BUNDLED_MODEL_NAME))
+    return path if (path / "config.json").is_file() else None
 
 
 def default_model() -> str:
     """The cross-encoder to use when none is named.
 
-    Order: ``$CE_RERANK_MODEL``; then, when the Hub may be used and the Hub default is loadable, it;
-    otherwise the first local model found in :func:`bundled_model_dirs`.
+    Order: ``$CE_RERANK_MODEL``; then the Hub default, when the Hub may be used (``HF_HUB_OFFLINE`` /
+    ``TRANSFORMERS_OFFLINE`` unset) and is reachable; then the model bundled in the package.
 
     Raises:
-        ModelLoadError: Nothing is configured, the Hub is unreachable and no local model exists.
+        ModelLoadError: Nothing is configured, the Hub is not used, and this build bundles no model.
     """
     configured = os.environ.get(MODEL_ENV_VAR)
     if configured:
         return configured
-    local = None
-    for candidate in bundled_model_dirs():
-        if (candidate / "config.json").is_file():
-            local = str(candidate)
-            break
-        if candidate.is_dir():
-            nested = sorted(p.parent for p in candidate.glob("*/config.json"))
-            if nested:
-                local = str(nested[0])
-                break
     if not hub_is_offline() and _hub_reachable():
         return HUB_DEFAULT_MODEL
-    if local is not None:
-        return local
+    bundled = bundled_model_dir()
+    if bundled is not None:
+        return str(bundled)
     raise ModelLoadError(
-        f"no cross-encoder configured: the Hugging Face Hub is unreachable and no local model was found in "
-        f"{[str(p) for p in bundled_model_dirs()]}. Pass --model PATH (or model='path'), or set ${MODEL_ENV_VAR}."
+        "no cross-encoder configured: the Hugging Face Hub is not used or unreachable and this build of "
+        f"ce-rerank-plugins bundles no model. Pass --model PATH (or model='path'), or set ${MODEL_ENV_VAR}."
     )
+
+
+def recommended_fusion(model: str) -> tuple[str, float] | None:
+    """The (fusion, weight) a local model directory recommends in its ``ce_rerank.json``, if any."""
+    path = Path(model) / FUSION_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        fusion, weight = data["fusion"], data["fusion_weight"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{str(path)!r} is not a valid fusion recommendation: {exc}") from exc
+    return str(fusion), weight
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -17,8 +17,9 @@ import numpy as np
 from ce_rerank_plugins._validation import check_text
 from ce_rerank_plugins.core._cache import CacheInfo, ScoreCache
 from ce_rerank_plugins.core._engine import DEFAULT_MIN_PROBE_SPEARMAN, ScoringEngine, build_engine
+from ce_rerank_plugins.core._fusion import Fusion, check_first_stage, check_fusion, fuse_scores
 from ce_rerank_plugins.core._hardware import device_has_native_bf16, resolve_device
-from ce_rerank_plugins.core._loading import ModelKey, normalize_model_name
+from ce_rerank_plugins.core._loading import ModelKey, normalize_model_name, recommended_fusion
 from ce_rerank_plugins.core._registry import ModelRegistry
 from ce_rerank_plugins.core._scores import (
     FloatArray,
@@ -43,11 +44,18 @@ _ASYNC_EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ce-reran
 
 @dataclass(frozen=True)
 class RankedResult:
-    """One ranked passage: its index in the input (``corpus_id``), its score, and optionally its text."""
+    """One ranked passage: its index in the input (``corpus_id``), its score, and optionally its text.
+
+    ``score`` is what the list is sorted by: the cross-encoder's score in the score mode's space, or,
+    with fusion, the fused score. ``cross_encoder_score`` is always the cross-encoder's own score and
+    ``first_stage_score`` the first-stage score that was given, if any.
+    """
 
     corpus_id: int
     score: float
     text: str | None = None
+    cross_encoder_score: float | None = None
+    first_stage_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The dict shape ``CrossEncoder.rank`` returns (``text`` only when present)."""
@@ -113,11 +121,13 @@ def _check_top_n(top_n: object) -> int | None:
     return top_n
 
 
-def check_rank_options(top_n: object, score_threshold: object, min_keep: object) -> None:
+def check_rank_options(top_n: object, score_threshold: object, min_keep: object, fusion_weight: object = None) -> None:
     """Validate ``rank``'s selection options up front (the adapters call it when they are built)."""
     _check_top_n(top_n)
     _check_threshold(score_threshold)
     _check_min_keep(min_keep)
+    if fusion_weight is not None:
+        check_fusion("weighted", fusion_weight)
 
 
 class CrossEncoderReranker:
@@ -148,6 +158,11 @@ class CrossEncoderReranker:
         revision: Hub revision of the model.
         trust_remote_code: Allow custom modelling code from the model repository (off by default).
         min_probe_spearman: Agreement with fp32 a faster precision must reach on the probe set.
+        fusion: How ``rank`` combines the cross-encoder's scores with the first stage's: ``"none"``,
+            ``"weighted"`` (min-max, weighted sum) or ``"rrf"``; ``"auto"`` takes what the model
+            directory recommends in ``ce_rerank.json`` (the bundled model does), else ``"none"``.
+        fusion_weight: The cross-encoder's weight in the fusion, in [0, 1] (default: the model's
+            recommendation, else 0.5).
 
     Example:
         >>> reranker = CrossEncoderReranker("path/to/cross-encoder")  # doctest: +SKIP
@@ -174,6 +189,8 @@ class CrossEncoderReranker:
         revision: str | None = None,
         trust_remote_code: bool = False,
         min_probe_spearman: float = DEFAULT_MIN_PROBE_SPEARMAN,
+        fusion: Fusion | Literal["auto"] = "auto",
+        fusion_weight: float | None = None,
     ) -> None:
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {list(_PRECISIONS)}, got {precision!r}")
@@ -214,6 +231,7 @@ class CrossEncoderReranker:
         self.cache: ScoreCache | None = ScoreCache(cache) if isinstance(cache, int) else cache
         self.micro_batching = micro_batching
         self._warned_truncation = False
+        self.fusion, self.fusion_weight = self._resolve_fusion(fusion, fusion_weight)
 
     # -- public properties -------------------------------------------------------------------
     @property
@@ -265,11 +283,28 @@ class CrossEncoderReranker:
         score_threshold: float | None = None,
         min_keep: int | None = None,
         score_mode: ScoreMode | None = None,
+        first_stage_scores: Sequence[float] | None = None,
+        fusion: Fusion | None = None,
+        fusion_weight: float | None = None,
     ) -> list[RankedResult]:
         """Rank ``documents`` for ``query``, best first, like ``CrossEncoder.rank``.
 
         Sorting is stable: equal scores keep input order. ``score_threshold`` (in the score mode's
-        space) drops weak results, ``min_keep`` keeps the best few anyway, then ``top_n`` caps the list.
+        space, applied to the cross-encoder's own score) drops weak results, ``min_keep`` keeps the
+        best few anyway, then ``top_n`` caps the list.
+
+        Args:
+            query: The query.
+            documents: The candidate passages, best first if they come from a retriever.
+            top_n: How many to return (None: all).
+            return_documents: Put each passage's text in the result.
+            score_threshold: Override the reranker's threshold for this call.
+            min_keep: Override the reranker's ``min_keep`` for this call.
+            score_mode: Override the score mode for this call.
+            first_stage_scores: The retriever's score of each document, for fusion. Without them the
+                input order is taken as the first stage's ranking.
+            fusion: Override the reranker's fusion for this call (``"none"``, ``"weighted"``, ``"rrf"``).
+            fusion_weight: Override the cross-encoder's weight in the fusion.
 
         Returns:
             ``RankedResult`` items with the input index as ``corpus_id`` and a Python float score.
@@ -281,6 +316,10 @@ class CrossEncoderReranker:
         threshold = self.score_threshold if score_threshold is None else _check_threshold(score_threshold)
         keep = self.min_keep if min_keep is None else _check_min_keep(min_keep)
         mode = self._mode(score_mode)
+        method, weight = check_fusion(
+            self.fusion if fusion is None else fusion, self.fusion_weight if fusion_weight is None else fusion_weight
+        )
+        first = check_first_stage(first_stage_scores, len(docs))
         if not docs:
             return []
         scores = apply_score_mode(self._logits([(query, d) for d in docs]), mode)[:, self.rank_column]
@@ -290,6 +329,8 @@ class CrossEncoderReranker:
             top_n=top_n,
             threshold=threshold,
             min_keep=keep,
+            fused=fuse_scores(scores, first, fusion=method, weight=weight),
+            first_stage=first,
         )
 
     def classify(self, pairs: Sequence[tuple[str, str]]) -> list[PairClassification]:
@@ -356,18 +397,38 @@ class CrossEncoderReranker:
         top_n: int | None,
         threshold: float | None,
         min_keep: int,
+        fused: np.ndarray[Any, Any] | None = None,
+        first_stage: np.ndarray[Any, Any] | None = None,
     ) -> list[RankedResult]:
         if self.rank_column < 0:
             raise ValueError(
                 f"this model classifies pairs into {list(self.labels)}; pass rank_label=... to rank by one label"
             )
-        order = np.argsort(-scores, kind="stable")
+        final: np.ndarray[Any, Any] = scores if fused is None else fused
+        order = np.argsort(-final, kind="stable")
         if threshold is not None:
-            passing = int(np.sum(scores[order] >= threshold))
-            order = order[: max(passing, min(min_keep, len(order)))]
+            # The threshold is in the cross-encoder's score space; the best min_keep stay regardless.
+            order = np.asarray([i for pos, i in enumerate(order) if scores[i] >= threshold or pos < min_keep], int)
         if top_n is not None:
             order = order[:top_n]
-        return [RankedResult(int(i), float(scores[i]), texts[int(i)] if texts is not None else None) for i in order]
+        return [
+            RankedResult(
+                int(i),
+                float(final[i]),
+                texts[int(i)] if texts is not None else None,
+                cross_encoder_score=float(scores[i]),
+                first_stage_score=None if first_stage is None else float(first_stage[i]),
+            )
+            for i in order
+        ]
+
+    def _resolve_fusion(self, fusion: object, weight: object) -> tuple[Fusion, float]:
+        if fusion == "auto":
+            recommended = recommended_fusion(self.key.model)
+            if recommended is None:
+                return check_fusion("none", 0.5 if weight is None else weight)
+            return check_fusion(recommended[0], recommended[1] if weight is None else weight)
+        return check_fusion(fusion, 0.5 if weight is None else weight)
 
     def _logits(self, pairs: list[tuple[str, str]]) -> FloatArray:
         """Raw logits for ``pairs``: duplicates scored once, cache consulted, windows aggregated."""

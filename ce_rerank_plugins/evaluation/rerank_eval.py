@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins.core import CrossEncoderReranker
+from ce_rerank_plugins.core._fusion import Fusion, fuse_scores
 from ce_rerank_plugins.evaluation.beir import BeirDataset, document_text
 from ce_rerank_plugins.retrieval import FaissIndex
 
@@ -134,26 +136,38 @@ def evaluate_reranking(
     ):
         ce_scores[qid] = reranker.predict([(text, h.text) for h in hits[:deepest]]).tolist()
     sample = list(zip(texts, hits_per_query, strict=True))[:latency_queries]
+    # Rows without fusion, then with the reranker's fusion when it has one (the default pipeline's).
+    variants: list[tuple[str, Fusion, float]] = [("", "none", 1.0)]
+    if reranker.fusion != "none":
+        variants.append((f"+{reranker.fusion}({reranker.fusion_weight:g})", reranker.fusion, reranker.fusion_weight))
     for depth in depths:
-        run: dict[str, dict[str, float]] = {}
-        for qid, hits in zip(qids, hits_per_query, strict=True):
-            head = sorted(range(min(depth, len(hits))), key=lambda i: -ce_scores[qid][i])
-            ordered = [hits[i].id for i in head] + [h.id for h in hits[depth:]]
-            run[qid] = {doc: float(len(ordered) - pos) for pos, doc in enumerate(ordered)}
         latencies = []
         for text, hits in sample:
             start = time.perf_counter()
-            reranker.rank(text, [h.text for h in hits[:depth]])
+            reranker.rank(text, [h.text for h in hits[:depth]], first_stage_scores=[h.score for h in hits[:depth]])
             latencies.append((time.perf_counter() - start) * 1000)
-        report.stages.append(
-            StageResult(
-                f"rerank@{depth}",
-                depth,
-                ranx_metrics(dataset.qrels, run),
-                statistics.median(latencies) + report.stages[0].latency_ms_median,
-                _p95(latencies) + report.stages[0].latency_ms_p95,
+        for suffix, method, weight in variants:
+            run: dict[str, dict[str, float]] = {}
+            for qid, hits in zip(qids, hits_per_query, strict=True):
+                n = min(depth, len(hits))
+                fused = fuse_scores(
+                    np.asarray(ce_scores[qid][:n]),
+                    np.asarray([h.score for h in hits[:n]], dtype=np.float64),
+                    fusion=method,
+                    weight=weight,
+                )
+                head = np.argsort(-fused, kind="stable").tolist()
+                ordered = [hits[i].id for i in head] + [h.id for h in hits[n:]]
+                run[qid] = {doc: float(len(ordered) - pos) for pos, doc in enumerate(ordered)}
+            report.stages.append(
+                StageResult(
+                    f"rerank@{depth}{suffix}",
+                    depth,
+                    ranx_metrics(dataset.qrels, run),
+                    statistics.median(latencies) + report.stages[0].latency_ms_median,
+                    _p95(latencies) + report.stages[0].latency_ms_p95,
+                )
             )
-        )
     return report
 
 
@@ -166,16 +180,27 @@ def plot_report(report: EvaluationReport, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    depths = [s.depth for s in report.stages]
+    plain = [s for s in report.stages if "+" not in s.name]
+    fused = [report.stages[0], *(s for s in report.stages if "+" in s.name)]
+    depths = [s.depth for s in plain]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for metric, style in (("ndcg@10", "o-"), ("mrr@10", "s--")):
-        ax.plot(depths, [s.metrics[metric] for s in report.stages], style, label=metric)
+        ax.plot(depths, [s.metrics[metric] for s in plain], style, label=metric)
+        if len(fused) > 1:
+            suffix = fused[1].name.split("+", 1)[1]
+            ax.plot(
+                [s.depth for s in fused],
+                [s.metrics[metric] for s in fused],
+                style,
+                alpha=0.5,
+                label=f"{metric} +{suffix}",
+            )
     ax.set_xlabel("rerank depth (0 = bi-encoder retrieval only)")
     ax.set_ylabel("quality")
     ax.set_xticks(depths)
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
-    ax2.plot(depths, [s.latency_ms_median for s in report.stages], "^:", color="tab:red", label="latency (median)")
+    ax2.plot(depths, [s.latency_ms_median for s in plain], "^:", color="tab:red", label="latency (median)")
     ax2.set_ylabel("ms per query (retrieve + rerank)", color="tab:red")
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from ce_rerank_plugins._optional import require
 
@@ -75,13 +75,27 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
     trust_remote_code: bool = Field(default=False, description="Allow custom model code (off by default).")
     score_key: str = Field(default="relevance_score", description="Metadata key for the rerank score.")
     rank_key: str = Field(default="rerank_rank", description="Metadata key for the 1-based rerank position.")
+    fusion: Literal["auto", "none", "weighted", "rrf"] = Field(
+        default="auto",
+        description="Fuse with the first-stage score: auto (the model's recommendation) | none | weighted | rrf.",
+    )
+    fusion_weight: float | None = Field(
+        default=None, description="The cross-encoder's weight in the fusion, in [0, 1] (default: the model's)."
+    )
+    first_stage_score_key: str = Field(
+        default="retrieval_score",
+        description="Metadata key of the retriever's score, used by fusion (input order when absent).",
+    )
+    cross_encoder_score_key: str = Field(
+        default="cross_encoder_score", description="Metadata key for the cross-encoder's own score."
+    )
     reranker: CrossEncoderReranker | None = Field(
         default=None, exclude=True, description="An existing core reranker to use instead of the settings above."
     )
 
     @model_validator(mode="after")
     def _attach_reranker(self) -> CrossEncoderCompressor:
-        check_rank_options(self.top_n, self.score_threshold, self.min_keep)
+        check_rank_options(self.top_n, self.score_threshold, self.min_keep, self.fusion_weight)
         if self.reranker is None:
             self.reranker = build_reranker(
                 self.model,
@@ -101,14 +115,31 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
             raise RuntimeError("CrossEncoderCompressor has no reranker; create it with its constructor")
         return self.reranker
 
-    def _rank_kwargs(self) -> dict[str, Any]:
-        return {"top_n": self.top_n, "score_threshold": self.score_threshold, "min_keep": self.min_keep}
+    def _rank_kwargs(self, documents: Sequence[Document]) -> dict[str, Any]:
+        firsts = [d.metadata.get(self.first_stage_score_key) for d in documents]
+        usable = all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in firsts)
+        kwargs: dict[str, Any] = {
+            "top_n": self.top_n,
+            "score_threshold": self.score_threshold,
+            "min_keep": self.min_keep,
+            "first_stage_scores": firsts if usable and firsts else None,
+        }
+        if self.fusion != "auto":
+            kwargs["fusion"] = self.fusion
+        if self.fusion_weight is not None:
+            kwargs["fusion_weight"] = self.fusion_weight
+        return kwargs
 
     def _to_documents(self, documents: Sequence[Document], ranked: list[RankedResult]) -> list[Document]:
         return [
             Document(
                 page_content=documents[r.corpus_id].page_content,
-                metadata={**documents[r.corpus_id].metadata, self.score_key: r.score, self.rank_key: rank},
+                metadata={
+                    **documents[r.corpus_id].metadata,
+                    self.score_key: r.score,
+                    self.cross_encoder_score_key: r.cross_encoder_score,
+                    self.rank_key: rank,
+                },
                 id=documents[r.corpus_id].id,
             )
             for rank, r in enumerate(ranked, 1)
@@ -122,7 +153,7 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
             {"name": type(self).__name__}, {"query": query, "documents": len(documents)}, name=type(self).__name__
         )
         try:
-            ranked = self.core.rank(query, [d.page_content for d in documents], **self._rank_kwargs())
+            ranked = self.core.rank(query, [d.page_content for d in documents], **self._rank_kwargs(documents))
             out = self._to_documents(documents, ranked)
         except BaseException as exc:
             run.on_chain_error(exc)
@@ -140,7 +171,7 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
             {"name": type(self).__name__}, {"query": query, "documents": len(documents)}, name=type(self).__name__
         )
         try:
-            ranked = await self.core.arank(query, [d.page_content for d in documents], **self._rank_kwargs())
+            ranked = await self.core.arank(query, [d.page_content for d in documents], **self._rank_kwargs(documents))
             out = self._to_documents(documents, ranked)
         except BaseException as exc:
             await run.on_chain_error(exc)

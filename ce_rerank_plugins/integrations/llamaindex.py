@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from ce_rerank_plugins._optional import require
 
@@ -64,6 +64,13 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
     score_threshold: float | None = Field(default=None, description="Drop nodes scoring below this.")
     min_keep: int = Field(default=0, description="Keep at least this many even below the threshold.")
     score_mode: str = Field(default="auto", description="auto | logits | sigmoid | softmax.")
+    fusion: Literal["auto", "none", "weighted", "rrf"] = Field(
+        default="auto",
+        description="Fuse with the retrieval score: auto (the model's recommendation) | none | weighted | rrf.",
+    )
+    fusion_weight: float | None = Field(
+        default=None, description="The cross-encoder's weight in the fusion, in [0, 1] (default: the model's)."
+    )
     keep_retrieval_score: bool = Field(default=True, description="Store the retrieval score in metadata.")
     retrieval_score_key: str = Field(default="retrieval_score", description="Metadata key for it.")
     metadata_mode: str = Field(
@@ -79,7 +86,7 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
 
     def __init__(self, *, reranker: CrossEncoderReranker | None = None, **data: Any) -> None:
         super().__init__(**data)
-        check_rank_options(self.top_n, self.score_threshold, self.min_keep)
+        check_rank_options(self.top_n, self.score_threshold, self.min_keep, self.fusion_weight)
         MetadataMode(self.metadata_mode)  # fails early on a bad mode
         self._reranker = reranker or build_reranker(
             self.model,
@@ -104,8 +111,19 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
         mode = MetadataMode(self.metadata_mode)
         return [n.node.get_content(metadata_mode=mode) for n in nodes]
 
-    def _rank_kwargs(self) -> dict[str, Any]:
-        return {"top_n": self.top_n, "score_threshold": self.score_threshold, "min_keep": self.min_keep}
+    def _rank_kwargs(self, nodes: Sequence[NodeWithScore]) -> dict[str, Any]:
+        firsts = [n.score for n in nodes]
+        kwargs: dict[str, Any] = {
+            "top_n": self.top_n,
+            "score_threshold": self.score_threshold,
+            "min_keep": self.min_keep,
+            "first_stage_scores": firsts if firsts and all(f is not None for f in firsts) else None,
+        }
+        if self.fusion != "auto":
+            kwargs["fusion"] = self.fusion
+        if self.fusion_weight is not None:
+            kwargs["fusion_weight"] = self.fusion_weight
+        return kwargs
 
     def _to_nodes(self, nodes: Sequence[NodeWithScore], ranked: list[RankedResult]) -> list[NodeWithScore]:
         out = []
@@ -143,7 +161,7 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
     ) -> list[NodeWithScore]:
         query_bundle = self._start(nodes, query_bundle)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query_bundle)) as event:
-            ranked = self.core.rank(query_bundle.query_str, self._texts(nodes), **self._rank_kwargs())
+            ranked = self.core.rank(query_bundle.query_str, self._texts(nodes), **self._rank_kwargs(nodes))
             out = self._to_nodes(nodes, ranked)
             event.on_end(payload={EventPayload.NODES: out})
         dispatcher.event(ReRankEndEvent(nodes=out))
@@ -154,7 +172,7 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
     ) -> list[NodeWithScore]:
         query_bundle = self._start(nodes, query_bundle)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query_bundle)) as event:
-            ranked = await self.core.arank(query_bundle.query_str, self._texts(nodes), **self._rank_kwargs())
+            ranked = await self.core.arank(query_bundle.query_str, self._texts(nodes), **self._rank_kwargs(nodes))
             out = self._to_nodes(nodes, ranked)
             event.on_end(payload={EventPayload.NODES: out})
         dispatcher.event(ReRankEndEvent(nodes=out))

@@ -1,0 +1,85 @@
+"""Fusing the cross-encoder's scores with the first stage's, a guard for a weak or out-of-domain reranker.
+
+Two methods, both per query over the candidates being reranked:
+
+- ``"weighted"``: ``w * minmax(cross-encoder) + (1 - w) * minmax(first stage)``;
+- ``"rrf"``: reciprocal rank fusion, ``w / (k + rank_ce) + (1 - w) / (k + rank_first)`` (ranks from 1;
+  ``w = 0.5`` is the classic, unweighted RRF up to a factor of two).
+
+``w`` is the cross-encoder's weight: 1.0 is the cross-encoder alone, 0.0 the first stage alone.
+When no first-stage scores are given, the input order is the first stage (best first), and its
+"score" is the negative rank.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from ce_rerank_plugins.core._scores import FloatArray
+
+F64 = np.ndarray[Any, np.dtype[np.float64]]
+
+__all__ = ["FUSIONS", "Fusion", "check_fusion", "fuse_scores"]
+
+Fusion = Literal["none", "weighted", "rrf"]
+FUSIONS = ("none", "weighted", "rrf")
+RRF_K = 60
+
+
+def check_fusion(fusion: object, weight: object) -> tuple[Fusion, float]:
+    """Validate a fusion method and the cross-encoder's weight in it (a number in [0, 1])."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {list(FUSIONS)}, got {fusion!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.floating)):
+        raise TypeError(f"fusion_weight must be a number in [0, 1], got {type(weight).__name__}")
+    value = float(weight)
+    if not (0.0 <= value <= 1.0) or math.isnan(value):
+        raise ValueError(f"fusion_weight must be in [0, 1], got {weight!r}")
+    return fusion, value  # type: ignore[return-value]
+
+
+def check_first_stage(scores: object, n: int) -> F64 | None:
+    """First-stage scores as a float array of length ``n`` (finite), or None."""
+    if scores is None:
+        return None
+    if isinstance(scores, (str, bytes)) or not isinstance(scores, (Sequence, np.ndarray)):
+        raise TypeError(f"first_stage_scores must be a list of numbers, got {type(scores).__name__}")
+    try:
+        array = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"first_stage_scores must be a list of numbers ({exc})") from None
+    if array.shape != (n,):
+        raise ValueError(f"got {array.size} first_stage_scores for {n} documents")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("first_stage_scores must be finite (got NaN or infinity)")
+    return array
+
+
+def _minmax(x: F64) -> F64:
+    span = float(x.max() - x.min())
+    return (x - x.min()) / span if span > 0 else np.ones_like(x)
+
+
+def _ranks(x: F64) -> F64:
+    """1-based ranks, best (highest) first; ties broken by input order, like the stable sort of ``rank``."""
+    order = np.argsort(-x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    return ranks
+
+
+def fuse_scores(rerank_scores: FloatArray | F64, first_stage: F64 | None, *, fusion: Fusion, weight: float) -> F64:
+    """The fused score of each candidate (higher is better); the cross-encoder's scores when ``fusion="none"``."""
+    ce: F64 = np.asarray(rerank_scores, dtype=np.float64)
+    if fusion == "none" or len(ce) == 0:
+        return ce
+    first: F64 = -np.arange(len(ce), dtype=np.float64) if first_stage is None else first_stage
+    if fusion == "weighted":
+        fused: F64 = weight * _minmax(ce) + (1.0 - weight) * _minmax(first)
+    else:
+        fused = weight / (RRF_K + _ranks(ce)) + (1.0 - weight) / (RRF_K + _ranks(first))
+    return fused
