@@ -197,3 +197,21 @@ def test_compressor_refuses_a_nan_threshold_when_built(tiny_ce_path):
         CrossEncoderCompressor(model=str(tiny_ce_path), score_threshold=float("nan"))
     with pytest.raises(ValueError, match="min_keep must be a non-negative integer"):
         CrossEncoderCompressor(model=str(tiny_ce_path), min_keep=-1)
+
+
+def test_compressor_fuses_with_the_retrieval_score_in_metadata(tiny_ce_path):
+    from langchain_core.documents import Document
+
+    docs = [
+        Document(page_content=t, metadata={"retrieval_score": s}) for t, s in (("a b", 0.1), ("c", 0.9), ("d", 0.5))
+    ]
+    first_stage_only = CrossEncoderCompressor(model=str(tiny_ce_path), top_n=None, fusion="weighted", fusion_weight=0.0)
+    out = first_stage_only.compress_documents(docs, QUERY)
+    assert [d.metadata["retrieval_score"] for d in out] == [0.9, 0.5, 0.1]
+    plain = CrossEncoderCompressor(model=str(tiny_ce_path), top_n=None, fusion="none").compress_documents(docs, QUERY)
+    ce = {d.page_content: d.metadata["relevance_score"] for d in plain}
+    assert all(d.metadata["cross_encoder_score"] == pytest.approx(ce[d.page_content]) for d in out)
+    with pytest.raises(ValueError, match="fusion_weight must be in"):
+        CrossEncoderCompressor(model=str(tiny_ce_path), fusion_weight=2.0)
+    with pytest.raises(ValueError, match="Input should be 'auto', 'none', 'weighted' or 'rrf'"):
+        CrossEncoderCompressor(model=str(tiny_ce_path), fusion="magic")

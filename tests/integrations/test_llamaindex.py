@@ -164,3 +164,14 @@ def test_context_from_nodes_of_one_source_without_positions_does_not_crash():
 def test_postprocessor_refuses_a_nan_threshold_when_built(tiny_ce_path):
     with pytest.raises(ValueError, match="score_threshold is NaN"):
         CrossEncoderNodePostprocessor(model=str(tiny_ce_path), score_threshold=float("nan"))
+
+
+def test_postprocessor_fuses_with_the_retrieval_score(tiny_ce_path):
+    nodes = [NodeWithScore(node=TextNode(text=t), score=s) for t, s in (("a b", 0.1), ("c", 0.9), ("d", 0.5))]
+    first_stage_only = CrossEncoderNodePostprocessor(
+        model=str(tiny_ce_path), top_n=None, fusion="weighted", fusion_weight=0.0
+    )
+    out = first_stage_only.postprocess_nodes(nodes, query_str="q")
+    assert [n.node.metadata["retrieval_score"] for n in out] == [0.9, 0.5, 0.1]
+    with pytest.raises(ValueError, match="Input should be 'auto', 'none', 'weighted' or 'rrf'"):
+        CrossEncoderNodePostprocessor(model=str(tiny_ce_path), fusion="magic")

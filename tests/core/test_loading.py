@@ -1,0 +1,76 @@
+"""Which cross-encoder is used when none is named: each step of the resolution order, and fusion advice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ce_rerank_plugins import CrossEncoderReranker, ModelLoadError
+from ce_rerank_plugins.core import _loading
+
+BUNDLED = Path(_loading.__file__).resolve().parents[1] / "models" / "ce-minilm-l6-offline"
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    monkeypatch.delenv("CE_RERANK_MODEL", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+
+def test_the_environment_variable_comes_first(no_env, monkeypatch, tiny_ce_path):
+    monkeypatch.setenv("CE_RERANK_MODEL", str(tiny_ce_path))
+    monkeypatch.setattr(_loading, "_hub_reachable", lambda timeout=3.0: pytest.fail("the Hub must not be probed"))
+    assert _loading.default_model() == str(tiny_ce_path)
+
+
+def test_the_hub_default_when_the_hub_may_be_used_and_answers(no_env, monkeypatch):
+    monkeypatch.setattr(_loading, "_hub_reachable", lambda timeout=3.0: True)
+    assert _loading.default_model() == _loading.HUB_DEFAULT_MODEL
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_offline_means_no_hub_probe_and_the_bundled_model(no_env, monkeypatch, variable):
+    monkeypatch.setenv(variable, "1")
+    monkeypatch.setattr(_loading, "_hub_reachable", lambda timeout=3.0: pytest.fail("the Hub must not be probed"))
+    assert Path(_loading.default_model()) == BUNDLED
+
+
+def test_an_unreachable_hub_falls_back_to_the_bundled_model(no_env, monkeypatch):
+    monkeypatch.setattr(_loading, "_hub_reachable", lambda timeout=3.0: False)
+    assert Path(_loading.default_model()) == BUNDLED
+
+
+def test_no_bundled_model_and_no_hub_is_a_clear_error(no_env, monkeypatch):
+    monkeypatch.setattr(_loading, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(_loading, "bundled_model_dir", lambda: None)
+    with pytest.raises(ModelLoadError, match="bundles no model. Pass --model PATH"):
+        _loading.default_model()
+
+
+def test_product_code_never_looks_outside_the_package():
+    source = Path(_loading.__file__).read_text()
+    assert '"shared"' not in source and "parents[2]" not in source
+
+
+def test_the_bundled_model_recommends_its_fusion_and_the_reranker_applies_it():
+    assert _loading.recommended_fusion(str(BUNDLED)) == ("weighted", 0.4)
+    reranker = CrossEncoderReranker(BUNDLED)
+    assert (reranker.fusion, reranker.fusion_weight) == ("weighted", 0.4)
+    explicit = CrossEncoderReranker(BUNDLED, fusion="none")
+    assert explicit.fusion == "none"
+
+
+def test_a_broken_fusion_file_is_named(tmp_path, tiny_ce_path):
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_ce_path, model)
+    (model / "ce_rerank.json").write_text(json.dumps({"fusion": "weighted"}))
+    with pytest.raises(ModelLoadError, match="ce_rerank.json' is not a valid fusion recommendation"):
+        CrossEncoderReranker(model)
+    (model / "ce_rerank.json").write_text(json.dumps({"fusion": "magic", "fusion_weight": 0.5}))
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        CrossEncoderReranker(model)
