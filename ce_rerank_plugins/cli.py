@@ -247,6 +247,12 @@ def index(
     chunk_tokens: Annotated[int, typer.Option(help="Tokens per chunk (bi-encoder tokenizer).")] = 200,
     overlap: Annotated[int, typer.Option(help="Tokens shared by consecutive chunks.")] = 40,
     index_type: Annotated[str, typer.Option(help="flat (exact) | hnsw | ivf.")] = "flat",
+    lexical: Annotated[
+        bool, typer.Option("--lexical/--no-lexical", help="Also keep a BM25 index (the hybrid extra).")
+    ] = False,
+    mode: Annotated[
+        str, typer.Option(help="Default retrieval mode: dense | bm25 | hybrid (BM25 implies --lexical).")
+    ] = "dense",
     embedder: EmbedderOpt = None,
 ) -> None:
     """Read, chunk and embed documents, then save a FAISS index (no pickle).
@@ -260,15 +266,28 @@ def index(
         fail(f"--index-type must be flat, hnsw or ivf, got {index_type!r}", 2)
     if chunk_tokens < 1 or not 0 <= overlap < chunk_tokens:
         fail(f"need --chunk-tokens >= 1 and 0 <= --overlap < --chunk-tokens, got {chunk_tokens} and {overlap}", 2)
+    _check_mode(mode)
     check_save_target(out)  # before any embedding work
     built, found = build_index_from_files(
-        paths, embedder=embedder, chunk_tokens=chunk_tokens, overlap=overlap, index_type=index_type, exclude=[out]
+        paths,
+        embedder=embedder,
+        chunk_tokens=chunk_tokens,
+        overlap=overlap,
+        index_type=index_type,
+        exclude=[out],
+        lexical=lexical or mode != "dense",
+        mode=mode,
     )
     built.save(out)
     console.print(f"indexed {len(built)} chunks from {len(found.files)} files into {out}")
     if found.skipped:
         listed = ", ".join(f"{n} {suffix}" for suffix, n in sorted(found.skipped.items()))
         err_console.print(f"[yellow]not read (unsupported file types):[/yellow] {listed}", highlight=False)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("dense", "bm25", "hybrid"):
+        fail(f"--mode must be dense, bm25 or hybrid, got {mode!r}", 2)
 
 
 def _check_precision(precision: str) -> None:
@@ -300,6 +319,9 @@ def query(
     context: Annotated[bool, typer.Option("--context", help="Print the assembled LLM context.")] = False,
     max_tokens: Annotated[int, typer.Option(help="Context token budget with --context.")] = 1500,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    mode: Annotated[
+        str | None, typer.Option(help="Retrieval mode: dense | bm25 | hybrid (default: the index's).")
+    ] = None,
     model: ModelOpt = None,
 ) -> None:
     """Retrieve then rerank; print a table (or JSON), optionally the LLM context with citations."""
@@ -315,8 +337,11 @@ def query(
     if max_tokens < 1:
         fail(f"--max-tokens must be >= 1, got {max_tokens}", 2)
     _check_precision(precision)
+    if mode is not None:
+        _check_mode(mode)
     loaded = FaissIndex.load(index_dir)
-    result = RetrieveRerankPipeline(loaded, _reranker(model, precision), k=k, top_n=n).run(question)
+    pipeline = RetrieveRerankPipeline(loaded, _reranker(model, precision), k=k, top_n=n, mode=mode)  # type: ignore[arg-type]
+    result = pipeline.run(question)
     ctx = result.context(max_tokens) if context else None
     if as_json:
         payload: dict[str, Any] = {
@@ -368,6 +393,9 @@ def eval_command(
     max_queries: Annotated[int | None, typer.Option(help="Evaluate only the first N judged queries.")] = None,
     latency_queries: Annotated[int, typer.Option(help="Queries timed per depth.")] = 20,
     no_rerank: Annotated[bool, typer.Option("--no-rerank", help="Evaluate retrieval only.")] = False,
+    modes: Annotated[
+        str, typer.Option("--mode", help="First-stage modes, comma-separated: dense, bm25, hybrid (one row set each).")
+    ] = "dense",
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     model: ModelOpt = None,
     embedder: EmbedderOpt = None,
@@ -389,6 +417,9 @@ def eval_command(
     if latency_queries < 0:
         fail(f"--latency-queries must be >= 0, got {latency_queries}", 2)
     _check_precision(precision)
+    parsed_modes = [m.strip() for m in modes.split(",") if m.strip()]
+    for name in parsed_modes or [""]:
+        _check_mode(name)
     dataset = load_beir(dataset_dir, split)
     if max_queries is not None:
         keep = list(dataset.queries)[:max_queries]
@@ -399,10 +430,11 @@ def eval_command(
     console.print(f"{dataset.name}: {len(dataset.corpus)} documents, {len(dataset.queries)} judged {split} queries")
     report = evaluate_reranking(
         dataset,
-        build_index(dataset, embedder),
+        build_index(dataset, embedder, lexical=any(name != "dense" for name in parsed_modes)),
         reranker,
         depths=[] if no_rerank else parsed_depths,
         latency_queries=latency_queries,
+        modes=parsed_modes,  # type: ignore[arg-type]
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{dataset.name}_eval.json"
@@ -487,7 +519,12 @@ def demo(
         loaded = FaissIndex.load(built.save(Path(tmp) / "index"))  # the saved, pickle-free format round-trips
     console.print(
         f"[bold]ce-rerank demo[/bold]: {len(loaded)} chunks from the bundled sample corpus, "
-        f"embedder {loaded.embedder.id}, cross-encoder {reranker.key.model} ({reranker.precision})"
+        f"embedder {loaded.embedder.id}, cross-encoder {reranker.key.model} ({reranker.precision}"
+        + (
+            f", {reranker.fusion} fusion with the bi-encoder score, cross-encoder weight {reranker.fusion_weight:g})"
+            if reranker.fusion != "none"
+            else ")"
+        )
     )
     pipeline = RetrieveRerankPipeline(loaded, reranker, k=k, top_n=k)  # rerank all k, show the top n
     verdicts: list[str] = []
@@ -495,7 +532,7 @@ def demo(
         full = pipeline.run(question)
         result = dataclasses.replace(full, reranked=full.reranked[:n])
         table = Table(title=f"Q: {question}", title_justify="left")
-        for col in ("rank", "rerank score", "bi-encoder rank", "bi-encoder score", "passage"):
+        for col in ("rank", "rerank score", "cross-encoder", "bi-encoder rank", "bi-encoder score", "passage"):
             table.add_column(col, overflow="fold")
         for r in result.reranked:
             moved = r.retrieval_position - r.rerank_position
@@ -503,6 +540,7 @@ def demo(
             table.add_row(
                 str(r.rerank_position),
                 f"{r.rerank_score:.3f}",
+                f"{r.cross_encoder_score:.3f}" if r.cross_encoder_score is not None else "",
                 f"#{r.retrieval_position}{arrow}",
                 f"{r.hit.score:.3f}",
                 _snippet(r.hit.text, 80),

@@ -7,17 +7,23 @@ from dataclasses import dataclass
 
 from ce_rerank_plugins.context import AssembledContext, assemble_context, chunk_from_metadata, with_unique_citations
 from ce_rerank_plugins.core import CrossEncoderReranker
-from ce_rerank_plugins.retrieval import FaissIndex, SearchHit
+from ce_rerank_plugins.retrieval import FaissIndex, RetrievalMode, SearchHit
 
 
 @dataclass(frozen=True)
 class RankedHit:
-    """A retrieved chunk after reranking: both scores and both positions."""
+    """A retrieved chunk after reranking: its scores and both positions.
+
+    ``rerank_score`` is what the reranked order follows (the fused score when the reranker fuses
+    with the first stage); ``cross_encoder_score`` is the cross-encoder's own; ``hit.score`` the
+    first stage's.
+    """
 
     hit: SearchHit
     rerank_score: float
     rerank_position: int
     retrieval_position: int
+    cross_encoder_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -47,26 +53,37 @@ class RetrieveRerankPipeline:
         reranker: The shared cross-encoder reranker.
         k: Candidates fetched from the index (50-100 is typical).
         top_n: Chunks kept after reranking.
+        mode: First-stage mode (``dense``, ``bm25``, ``hybrid``); None: the index's default.
     """
 
-    def __init__(self, index: FaissIndex, reranker: CrossEncoderReranker, *, k: int = 50, top_n: int = 5) -> None:
+    def __init__(
+        self,
+        index: FaissIndex,
+        reranker: CrossEncoderReranker,
+        *,
+        k: int = 50,
+        top_n: int = 5,
+        mode: RetrievalMode | None = None,
+    ) -> None:
         if k < 1 or top_n < 1:
             raise ValueError(f"k and top_n must be >= 1, got k={k}, top_n={top_n}")
         self.index = index
         self.reranker = reranker
         self.k = k
         self.top_n = top_n
+        self.mode = mode
 
     def run(self, query: str) -> PipelineResult:
         """Retrieve, rerank and time one query."""
         start = time.perf_counter()
-        hits = self.index.search(query, k=self.k)
+        hits = self.index.search(query, k=self.k, mode=self.mode)
         retrieved = time.perf_counter()
         ranked = self.reranker.rank(
             query, [h.text for h in hits], top_n=self.top_n, first_stage_scores=[h.score for h in hits]
         )
         done = time.perf_counter()
         reranked = [
-            RankedHit(hits[r.corpus_id], r.score, position, r.corpus_id + 1) for position, r in enumerate(ranked, 1)
+            RankedHit(hits[r.corpus_id], r.score, position, r.corpus_id + 1, r.cross_encoder_score)
+            for position, r in enumerate(ranked, 1)
         ]
         return PipelineResult(query, hits, reranked, retrieved - start, done - retrieved)

@@ -22,7 +22,7 @@ from ce_rerank_plugins._optional import require
 from ce_rerank_plugins.core import CrossEncoderReranker
 from ce_rerank_plugins.core._fusion import Fusion, fuse_scores
 from ce_rerank_plugins.evaluation.beir import BeirDataset, document_text
-from ce_rerank_plugins.retrieval import FaissIndex
+from ce_rerank_plugins.retrieval import FaissIndex, RetrievalMode, SearchHit
 
 logger = logging.getLogger(__name__)
 
@@ -73,18 +73,24 @@ def ranx_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, floa
 
 
 def index_corpus(
-    corpus: Mapping[str, Mapping[str, str]], embedder: str | None = None, *, show_progress: bool | None = None
+    corpus: Mapping[str, Mapping[str, str]],
+    embedder: str | None = None,
+    *,
+    show_progress: bool | None = None,
+    lexical: bool = False,
 ) -> FaissIndex:
     """An exact FAISS index of a BEIR-style corpus (title and text embedded together, as BEIR does)."""
-    index = FaissIndex(embedder, show_progress=show_progress)
+    index = FaissIndex(embedder, show_progress=show_progress, lexical=lexical)
     ids = list(corpus)
     index.add([document_text(corpus[i]) for i in ids], ids=ids)
     return index
 
 
-def build_index(dataset: BeirDataset, embedder: str | None = None, *, show_progress: bool | None = None) -> FaissIndex:
-    """An exact FAISS index of the dataset's corpus (see :func:`index_corpus`)."""
-    return index_corpus(dataset.corpus, embedder, show_progress=show_progress)
+def build_index(
+    dataset: BeirDataset, embedder: str | None = None, *, show_progress: bool | None = None, lexical: bool = False
+) -> FaissIndex:
+    """An exact FAISS index of the dataset's corpus (see :func:`index_corpus`); ``lexical`` adds BM25."""
+    return index_corpus(dataset.corpus, embedder, show_progress=show_progress, lexical=lexical)
 
 
 def evaluate_reranking(
@@ -95,46 +101,94 @@ def evaluate_reranking(
     depths: Sequence[int] = (10, 20, 50, 100),
     latency_queries: int = 20,
     show_progress: bool = True,
+    modes: Sequence[RetrievalMode] = ("dense",),
 ) -> EvaluationReport:
-    """Evaluate retrieval alone and retrieval + rerank at each depth in ``depths``."""
+    """Evaluate retrieval alone and retrieval + rerank at each depth in ``depths``, for each first-stage mode.
+
+    With one mode, stages are named ``retrieval`` and ``rerank@N``; with several, ``<mode>`` and
+    ``<mode> rerank@N``. When the reranker fuses with the first stage (the bundled model does), every
+    rerank row also appears fused (``rerank@N+weighted(0.4)``). A (query, passage) pair is scored once,
+    whichever modes retrieve it.
+    """
     if not dataset.queries:
         raise ValueError(f"dataset {dataset.name!r} has no judged queries")
     depths = sorted(set(depths))
     if depths and depths[0] < 1:
         raise ValueError(f"depths must be >= 1, got {depths}")
+    if not modes:
+        raise ValueError("modes must name at least one first-stage mode")
     k = max([100, *depths])
     qids = list(dataset.queries)
     texts = [dataset.queries[q] for q in qids]
-    retrieval_ms: list[float] = []
-    hits_per_query = []
-    for text in texts:
-        start = time.perf_counter()
-        hits_per_query.append(index.search(text, k=k))
-        retrieval_ms.append((time.perf_counter() - start) * 1000)
-    retrieval_run = {q: {h.id: h.score for h in hits} for q, hits in zip(qids, hits_per_query, strict=True)}
     report = EvaluationReport(
         dataset=dataset.name,
         queries=len(qids),
         embedder=index.embedder.id,
         reranker=reranker.key.model if reranker is not None else "",
     )
-    report.stages.append(
-        StageResult(
-            "retrieval",
+    ce_cache: dict[tuple[str, str], float] = {}
+    for mode in modes:
+        prefix = "" if len(modes) == 1 else f"{mode} "
+        retrieval_ms: list[float] = []
+        hits_per_query = []
+        for text in texts:
+            start = time.perf_counter()
+            hits_per_query.append(index.search(text, k=k, mode=mode))
+            retrieval_ms.append((time.perf_counter() - start) * 1000)
+        retrieval_run = {q: {h.id: h.score for h in hits} for q, hits in zip(qids, hits_per_query, strict=True)}
+        first = StageResult(
+            prefix.strip() or "retrieval",
             0,
             ranx_metrics(dataset.qrels, retrieval_run),
             statistics.median(retrieval_ms),
             _p95(retrieval_ms),
         )
-    )
-    if reranker is None or not depths:
-        return report
+        report.stages.append(first)
+        if reranker is None or not depths:
+            continue
+        _rerank_rows(
+            report,
+            reranker,
+            dataset,
+            qids,
+            texts,
+            hits_per_query,
+            depths,
+            latency_queries,
+            show_progress,
+            prefix,
+            first,
+            ce_cache,
+        )
+    return report
+
+
+def _rerank_rows(
+    report: EvaluationReport,
+    reranker: CrossEncoderReranker,
+    dataset: BeirDataset,
+    qids: list[str],
+    texts: list[str],
+    hits_per_query: list[list[SearchHit]],
+    depths: list[int],
+    latency_queries: int,
+    show_progress: bool,
+    prefix: str,
+    first: StageResult,
+    ce_cache: dict[tuple[str, str], float],
+) -> None:
     deepest = max(depths)
     ce_scores: dict[str, list[float]] = {}
     for qid, text, hits in tqdm(
-        list(zip(qids, texts, hits_per_query, strict=True)), desc="Reranking", disable=not show_progress
+        list(zip(qids, texts, hits_per_query, strict=True)),
+        desc=f"Reranking {prefix}".strip(),
+        disable=not show_progress,
     ):
-        ce_scores[qid] = reranker.predict([(text, h.text) for h in hits[:deepest]]).tolist()
+        todo = [h for h in hits[:deepest] if (qid, h.id) not in ce_cache]
+        if todo:
+            for h, score in zip(todo, reranker.predict([(text, h.text) for h in todo]).tolist(), strict=True):
+                ce_cache[(qid, h.id)] = float(score)
+        ce_scores[qid] = [ce_cache[(qid, h.id)] for h in hits[:deepest]]
     sample = list(zip(texts, hits_per_query, strict=True))[:latency_queries]
     # Rows without fusion, then with the reranker's fusion when it has one (the default pipeline's).
     variants: list[tuple[str, Fusion, float]] = [("", "none", 1.0)]
@@ -161,14 +215,13 @@ def evaluate_reranking(
                 run[qid] = {doc: float(len(ordered) - pos) for pos, doc in enumerate(ordered)}
             report.stages.append(
                 StageResult(
-                    f"rerank@{depth}{suffix}",
+                    f"{prefix}rerank@{depth}{suffix}",
                     depth,
                     ranx_metrics(dataset.qrels, run),
-                    statistics.median(latencies) + report.stages[0].latency_ms_median,
-                    _p95(latencies) + report.stages[0].latency_ms_p95,
+                    statistics.median(latencies) + first.latency_ms_median if latencies else first.latency_ms_median,
+                    _p95(latencies) + first.latency_ms_p95 if latencies else first.latency_ms_p95,
                 )
             )
-    return report
 
 
 def plot_report(report: EvaluationReport, path: str | Path) -> Path:
@@ -180,8 +233,10 @@ def plot_report(report: EvaluationReport, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    plain = [s for s in report.stages if "+" not in s.name]
-    fused = [report.stages[0], *(s for s in report.stages if "+" in s.name)]
+    head = report.stages[0].name  # with several first-stage modes, plot the first one's rows
+    mine = [s for s in report.stages if head == "retrieval" or s.name == head or s.name.startswith(f"{head} ")]
+    plain = [s for s in mine if "+" not in s.name]
+    fused = [mine[0], *(s for s in mine if "+" in s.name)]
     depths = [s.depth for s in plain]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for metric, style in (("ndcg@10", "o-"), ("mrr@10", "s--")):

@@ -195,10 +195,14 @@ class FaissRetriever(BaseRetriever):
     index: FaissIndex = Field(description="The FAISS index to search.")
     k: int = Field(default=4, description="How many documents to return.")
     where: dict[str, Any] | None = Field(default=None, description="Metadata filter, e.g. {'source': 'a.pdf'}.")
-    score_key: str = Field(default="retrieval_score", description="Metadata key for the cosine similarity.")
+    score_key: str = Field(default="retrieval_score", description="Metadata key for the retrieval score.")
+    mode: Literal["dense", "bm25", "hybrid"] | None = Field(
+        default=None,
+        description="dense | bm25 | hybrid (BM25 needs an index built with lexical=True); None: the index's.",
+    )
 
     def _search(self, query: str, k: int | None, where: dict[str, Any] | None) -> list[Document]:
-        hits = self.index.search(query, k=k or self.k, where=where if where is not None else self.where)
+        hits = self.index.search(query, k=k or self.k, where=where if where is not None else self.where, mode=self.mode)
         return [_hit_to_document(h, self.score_key) for h in hits]
 
     def _get_relevant_documents(

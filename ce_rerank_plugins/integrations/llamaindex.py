@@ -35,6 +35,7 @@ from ce_rerank_plugins.context import (  # noqa: E402
 from ce_rerank_plugins.core import CrossEncoderReranker, RankedResult, check_rank_options  # noqa: E402
 from ce_rerank_plugins.integrations._settings import build_reranker  # noqa: E402
 from ce_rerank_plugins.retrieval import FaissIndex  # noqa: E402
+from ce_rerank_plugins.retrieval.faiss_index import RETRIEVAL_MODES, RetrievalMode  # noqa: E402
 
 __all__ = ["CrossEncoderNodePostprocessor", "FaissRetriever", "nodes_to_context"]
 
@@ -180,18 +181,35 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
 
 
 class FaissRetriever(BaseRetriever):
-    """A LlamaIndex retriever over a :class:`~ce_rerank_plugins.retrieval.FaissIndex` (cosine similarity)."""
+    """A LlamaIndex retriever over a :class:`~ce_rerank_plugins.retrieval.FaissIndex`.
 
-    def __init__(self, index: FaissIndex, *, k: int = 4, where: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    ``mode`` is ``"dense"`` (cosine), ``"bm25"`` or ``"hybrid"`` (an index built with ``lexical=True``);
+    None uses the index's own default.
+    """
+
+    def __init__(
+        self,
+        index: FaissIndex,
+        *,
+        k: int = 4,
+        where: dict[str, Any] | None = None,
+        mode: RetrievalMode | None = None,
+        **kwargs: Any,
+    ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        if mode is not None and mode not in RETRIEVAL_MODES:
+            raise ValueError(f"mode must be one of {list(RETRIEVAL_MODES)} or None, got {mode!r}")
+        if mode not in (None, "dense") and not index.lexical:
+            raise ValueError(f"mode={mode!r} needs an index built with lexical=True")
         self.index = index
         self.k = k
         self.where = where
+        self.mode = mode
         super().__init__(**kwargs)
 
     def _search(self, query: str) -> list[NodeWithScore]:
-        hits = self.index.search(query, k=self.k, where=self.where)
+        hits = self.index.search(query, k=self.k, where=self.where, mode=self.mode)
         return [
             NodeWithScore(node=TextNode(id_=h.id, text=h.text, metadata=dict(h.metadata)), score=h.score) for h in hits
         ]

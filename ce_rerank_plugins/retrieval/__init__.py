@@ -8,16 +8,25 @@ from __future__ import annotations
 from ce_rerank_plugins.retrieval._embedder import DEFAULT_EMBEDDER_ID, Embedder
 from ce_rerank_plugins.retrieval._persistence import FORMAT_VERSION
 from ce_rerank_plugins.retrieval.chunking import Chunk, TokenChunker
-from ce_rerank_plugins.retrieval.faiss_index import Document, FaissIndex, IndexType, SearchHit
+from ce_rerank_plugins.retrieval.faiss_index import (
+    RETRIEVAL_MODES,
+    Document,
+    FaissIndex,
+    IndexType,
+    RetrievalMode,
+    SearchHit,
+)
 
 __all__ = [
     "DEFAULT_EMBEDDER_ID",
     "FORMAT_VERSION",
+    "RETRIEVAL_MODES",
     "Chunk",
     "Document",
     "Embedder",
     "FaissIndex",
     "IndexType",
+    "RetrievalMode",
     "SearchHit",
     "TokenChunker",
 ]

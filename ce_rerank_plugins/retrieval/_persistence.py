@@ -47,6 +47,7 @@ import numpy as np
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins.errors import IndexFormatError
 from ce_rerank_plugins.retrieval._embedder import Embedder, embedder_id
+from ce_rerank_plugins.retrieval._lexical import LEXICAL_ARRAYS, LEXICAL_META, LexicalIndex
 
 if TYPE_CHECKING:
     from ce_rerank_plugins.retrieval.faiss_index import FaissIndex
@@ -115,6 +116,8 @@ def serialize_index(index: FaissIndex) -> dict[str, bytes]:
             message = f"document {doc.id!r} has metadata that JSON cannot store ({exc}); nothing was written"
             raise TypeError(message) from exc
     blobs[DOCUMENTS_FILE] = lines.getvalue().encode("utf-8")
+    if index._lexical is not None:
+        blobs.update(index._lexical.to_files())
     manifest: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -127,7 +130,9 @@ def serialize_index(index: FaissIndex) -> dict[str, bytes]:
         "count": len(index),
         "next_id": index._next_id,
         "deleted_faiss_ids": sorted(index._deleted),
-        "checksums": {name: hashlib.sha256(blobs[name]).hexdigest() for name in DATA_FILES},
+        "lexical": None if index._lexical is None else {"k1": index._lexical.params.k1, "b": index._lexical.params.b},
+        "retrieval": {"mode": index.mode, "hybrid_fusion": index.hybrid_fusion, "hybrid_weight": index.hybrid_weight},
+        "checksums": {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()},
     }
     manifest["manifest_sha256"] = manifest_digest(manifest)
     blobs[MANIFEST_FILE] = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
@@ -256,7 +261,7 @@ def save_index(index: FaissIndex, directory: Path) -> Path:
         tmp = directory / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            for file_name in (*DATA_FILES, MANIFEST_FILE):
+            for file_name in (*(n for n in blobs if n != MANIFEST_FILE), MANIFEST_FILE):
                 _write_bytes(tmp / file_name, blobs[file_name])
             _fsync_dir(tmp)
             tmp.rename(directory / name)
@@ -340,12 +345,38 @@ def validate_manifest(manifest: object, where: str) -> dict[str, Any]:
         deleted
     ):
         raise IndexFormatError(f"{where} is invalid: deleted_faiss_ids must be distinct non-negative integers")
+    lexical = manifest.get("lexical")
+    if lexical is not None:
+        if not isinstance(lexical, dict):
+            raise IndexFormatError(f"{where} is invalid: 'lexical' must be an object or null")
+        for key in ("k1", "b"):
+            value = _field(lexical, key, (int, float), f"{where} (lexical)")
+            if value < 0:
+                raise IndexFormatError(f"{where} is invalid: lexical.{key} must be >= 0, got {value}")
+    retrieval = manifest.get("retrieval", {"mode": "dense", "hybrid_fusion": "weighted", "hybrid_weight": 0.5})
+    if not isinstance(retrieval, dict):
+        raise IndexFormatError(f"{where} is invalid: 'retrieval' must be an object")
+    mode = _field(retrieval, "mode", str, f"{where} (retrieval)")
+    if mode not in ("dense", "bm25", "hybrid") or (mode != "dense" and lexical is None):
+        raise IndexFormatError(f"{where} is invalid: retrieval mode {mode!r} is unknown or needs a lexical index")
+    if _field(retrieval, "hybrid_fusion", str, f"{where} (retrieval)") not in ("rrf", "weighted"):
+        raise IndexFormatError(f"{where} is invalid: hybrid_fusion must be 'rrf' or 'weighted'")
+    weight = _field(retrieval, "hybrid_weight", (int, float), f"{where} (retrieval)")
+    if not 0 <= weight <= 1:
+        raise IndexFormatError(f"{where} is invalid: hybrid_weight must be in [0, 1], got {weight}")
     checksums = _field(manifest, "checksums", dict, where)
-    for name in DATA_FILES:
+    for name in data_files(manifest):
         value = checksums.get(name)
         if not isinstance(value, str) or not _HEX64.match(value):
             raise IndexFormatError(f"{where} is invalid: checksums.{name} must be a SHA-256 hex digest")
     return manifest
+
+
+def data_files(manifest: Mapping[str, Any]) -> tuple[str, ...]:
+    """The data files a generation with this manifest holds."""
+    if manifest.get("lexical") is not None:
+        return (*DATA_FILES, LEXICAL_ARRAYS, LEXICAL_META)
+    return DATA_FILES
 
 
 def _read_generation(directory: Path) -> tuple[str, dict[str, Any], dict[str, bytes]]:
@@ -379,7 +410,7 @@ def _read_generation(directory: Path) -> tuple[str, dict[str, Any], dict[str, by
         raise IndexFormatError(f"{where} is corrupt: not valid JSON ({exc})") from exc
     manifest = validate_manifest(manifest, where)
     blobs = {}
-    for name in DATA_FILES:
+    for name in data_files(manifest):
         data = read(name)
         if hashlib.sha256(data).hexdigest() != manifest["checksums"][name]:
             raise IndexFormatError(f"the index at {str(directory)!r} is corrupt: {name} does not match its checksum")
@@ -453,6 +484,7 @@ def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] |
         raise IndexFormatError(f"{INDEX_FILE} of the index at {str(directory)!r} cannot be read: {exc}") from exc
     _check_faiss_index(faiss, faiss_index, manifest, directory)
     params = manifest["index_params"]
+    retrieval = manifest.get("retrieval", {"mode": "dense", "hybrid_fusion": "weighted", "hybrid_weight": 0.5})
     index = FaissIndex(
         embedder,
         index_type=manifest["index_type"],
@@ -461,6 +493,9 @@ def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] |
         ef_construction=params["ef_construction"],
         nlist=params["nlist"],
         nprobe=params["nprobe"],
+        lexical=False,
+        hybrid_fusion=retrieval["hybrid_fusion"],
+        hybrid_weight=retrieval["hybrid_weight"],
     )
     index._faiss_index = faiss_index
     # split on "\n" only: str.splitlines() would also split inside texts at U+0085, U+2028 and friends
@@ -493,6 +528,12 @@ def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] |
             f"the index at {str(directory)!r} is inconsistent: manifest count {manifest['count']}, "
             f"{len(index)} documents, {faiss_index.ntotal} vectors, {len(index._deleted)} deleted"
         )
+    if manifest.get("lexical") is not None:
+        try:
+            index._lexical = LexicalIndex.from_files(blobs, set(index._docs))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexFormatError(f"the lexical index of {str(directory)!r} is inconsistent: {exc}") from exc
+    index.mode = retrieval["mode"]
     return index
 
 

@@ -22,11 +22,17 @@ from ce_rerank_plugins._optional import require
 from ce_rerank_plugins._validation import check_sequence, check_text
 from ce_rerank_plugins.core._scores import FloatArray
 from ce_rerank_plugins.retrieval._embedder import Embedder
+from ce_rerank_plugins.retrieval._lexical import LexicalIndex
 
 logger = logging.getLogger(__name__)
 
 IndexType = Literal["flat", "hnsw", "ivf"]
 _INDEX_TYPES = ("flat", "hnsw", "ivf")
+RetrievalMode = Literal["dense", "bm25", "hybrid"]
+RETRIEVAL_MODES = ("dense", "bm25", "hybrid")
+HybridFusion = Literal["rrf", "weighted"]
+#: How deep each retriever looks before a hybrid search fuses them (as measured in the README).
+HYBRID_DEPTH = 100
 MetadataFilter = Mapping[str, Any]
 
 
@@ -65,6 +71,13 @@ def matches(metadata: Mapping[str, Any], where: MetadataFilter) -> bool:
         elif value != wanted:
             return False
     return True
+
+
+def _check_hybrid(fusion: object, weight: object) -> None:
+    if fusion not in ("rrf", "weighted"):
+        raise ValueError(f"hybrid_fusion must be 'rrf' or 'weighted', got {fusion!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
+        raise ValueError(f"hybrid_weight must be a number in [0, 1], got {weight!r}")
 
 
 def _check_where(where: object) -> None:
@@ -123,6 +136,13 @@ class FaissIndex:
             list for k-means; see the README's recall/speed table for nprobe).
         nprobe: IVF lists visited per query.
         show_progress: Progress bar while embedding; None shows it above a few hundred chunks.
+        lexical: Keep a BM25 index beside the vectors (the ``hybrid`` extra), for ``mode="bm25"`` or
+            ``"hybrid"``. Adds, deletes, filters and saves keep both in step.
+        mode: The default retrieval mode of :meth:`search`: ``"dense"`` (cosine), ``"bm25"`` or
+            ``"hybrid"`` (both, each to depth 100, fused).
+        hybrid_fusion: How hybrid fuses: ``"weighted"`` (min-max of each, weighted sum; missing = 0)
+            or ``"rrf"`` (reciprocal rank fusion, k=60).
+        hybrid_weight: The dense side's weight in the hybrid fusion, in [0, 1].
 
     Example:
         >>> index = FaissIndex()  # doctest: +SKIP
@@ -141,7 +161,16 @@ class FaissIndex:
         nlist: int | None = None,
         nprobe: int = 16,
         show_progress: bool | None = None,
+        lexical: bool = False,
+        mode: RetrievalMode = "dense",
+        hybrid_fusion: HybridFusion = "weighted",
+        hybrid_weight: float = 0.5,
     ) -> None:
+        if mode not in RETRIEVAL_MODES:
+            raise ValueError(f"mode must be one of {list(RETRIEVAL_MODES)}, got {mode!r}")
+        if mode != "dense" and not lexical:
+            raise ValueError(f"mode={mode!r} needs the BM25 index: pass lexical=True")
+        _check_hybrid(hybrid_fusion, hybrid_weight)
         if index_type not in _INDEX_TYPES:
             raise ValueError(f"index_type must be one of {list(_INDEX_TYPES)}, got {index_type!r}")
         self.embedder = embedder if isinstance(embedder, Embedder) else Embedder(embedder)
@@ -164,6 +193,10 @@ class FaissIndex:
         # Searches, adds, deletes and saves from several threads see whole operations, never halves.
         # Embedding (the slow part) runs outside the lock.
         self._lock = threading.RLock()
+        self._lexical: LexicalIndex | None = LexicalIndex() if lexical else None
+        self.mode: RetrievalMode = mode
+        self.hybrid_fusion: HybridFusion = hybrid_fusion
+        self.hybrid_weight = float(hybrid_weight)
 
     # -- construction -------------------------------------------------------------------------
     def _new_index(self, n_first: int) -> Any:
@@ -285,10 +318,13 @@ class FaissIndex:
             raise ValueError(f"expected vectors of shape {(len(docs), self.dimension)}, got {vectors.shape}")
         if not np.all(np.isfinite(vectors)):
             raise ValueError("embeddings must be finite (got NaN or infinity)")
+        tokens = self._lexical.tokenize([d.text for d in docs]) if self._lexical is not None else None
         with self._lock:
-            self._add_vectors_locked(docs, vectors)
+            self._add_vectors_locked(docs, vectors, tokens)
 
-    def _add_vectors_locked(self, docs: Sequence[Document], vectors: FloatArray) -> None:
+    def _add_vectors_locked(
+        self, docs: Sequence[Document], vectors: FloatArray, tokens: list[list[str]] | None
+    ) -> None:
         for doc in docs:  # again under the lock: another thread may have added the id meanwhile
             if doc.id in self._ids:
                 raise ValueError(f"duplicate document id {doc.id!r}: ids must be unique; delete it first to replace it")
@@ -302,6 +338,8 @@ class FaissIndex:
         for int_id, doc in zip(int_ids.tolist(), docs, strict=True):
             self._docs[int_id] = doc
             self._ids[doc.id] = int_id
+        if self._lexical is not None and tokens is not None:
+            self._lexical.set_tokens(int_ids.tolist(), tokens)
         self._next_id += len(docs)
 
     def delete(self, ids: Iterable[str]) -> None:
@@ -333,15 +371,28 @@ class FaissIndex:
         for doc_id, int_id in zip(wanted, int_ids.tolist(), strict=True):
             del self._ids[doc_id]
             del self._docs[int_id]
+        if self._lexical is not None:
+            self._lexical.remove(int_ids.tolist())
 
     # -- search -------------------------------------------------------------------------------
-    def search(self, query: str, k: int = 10, *, where: MetadataFilter | None = None) -> list[SearchHit]:
-        """The ``k`` documents most similar to ``query`` (fewer if fewer exist or match ``where``)."""
+    def search(
+        self, query: str, k: int = 10, *, where: MetadataFilter | None = None, mode: RetrievalMode | None = None
+    ) -> list[SearchHit]:
+        """The ``k`` best documents for ``query`` (fewer if fewer exist or match ``where``).
+
+        ``mode`` overrides the index's default (``"dense"``, ``"bm25"``, ``"hybrid"``). A hit's score is
+        the cosine (dense), the BM25 score (bm25) or the fused score (hybrid).
+        """
         check_text(query, "query")
-        return self.search_many([query], k, where=where)[0]
+        return self.search_many([query], k, where=where, mode=mode)[0]
 
     def search_many(
-        self, queries: Sequence[str], k: int = 10, *, where: MetadataFilter | None = None
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        where: MetadataFilter | None = None,
+        mode: RetrievalMode | None = None,
     ) -> list[list[SearchHit]]:
         """Batched :meth:`search`: one embedding pass and one FAISS call for all ``queries``."""
         if isinstance(queries, str):
@@ -352,10 +403,58 @@ class FaissIndex:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         _check_where(where)
+        mode = self.mode if mode is None else mode
+        if mode not in RETRIEVAL_MODES:
+            raise ValueError(f"mode must be one of {list(RETRIEVAL_MODES)}, got {mode!r}")
+        if mode != "dense" and self._lexical is None:
+            raise ValueError(f"mode={mode!r} needs the BM25 index: build the index with lexical=True")
         if not queries:
             return []
+        if mode == "bm25":
+            return [self._search_lexical(q, k, where) for q in queries]
+        depth = k if mode == "dense" else max(k, HYBRID_DEPTH)
         vectors = self.embedder.encode(list(queries), show_progress=False)
-        return self.search_vectors(vectors, k, where=where)
+        dense = self.search_vectors(vectors, depth, where=where)
+        if mode == "dense":
+            return dense
+        return [
+            self._fuse(hits, self._search_lexical(q, depth, where), k) for q, hits in zip(queries, dense, strict=True)
+        ]
+
+    def _search_lexical(self, query: str, k: int, where: MetadataFilter | None) -> list[SearchHit]:
+        assert self._lexical is not None
+        with self._lock:
+            allowed = None if where is None else {i for i, d in self._docs.items() if matches(d.metadata, where)}
+            found = self._lexical.search(query, k, allowed)
+            return [
+                SearchHit(self._docs[i].id, score, self._docs[i].text, dict(self._docs[i].metadata))
+                for i, score in found
+            ]
+
+    def _fuse(self, dense: list[SearchHit], lexical: list[SearchHit], k: int) -> list[SearchHit]:
+        """Hybrid: fuse the dense and BM25 lists (a document missing from one list gets nothing from it)."""
+        by_id = {h.id: h for h in [*dense, *lexical]}
+        w = self.hybrid_weight
+        if self.hybrid_fusion == "rrf":
+            scores = {h.id: w / (60 + r) for r, h in enumerate(dense, 1)}
+            for r, h in enumerate(lexical, 1):
+                scores[h.id] = scores.get(h.id, 0.0) + (1 - w) / (60 + r)
+        else:
+            scores = {}
+            for weight, hits in ((w, dense), (1 - w, lexical)):
+                if not hits:
+                    continue
+                hi, lo = hits[0].score, min(h.score for h in hits)
+                span = hi - lo
+                for h in hits:
+                    scores[h.id] = scores.get(h.id, 0.0) + weight * ((h.score - lo) / span if span > 0 else 1.0)
+        order = sorted(by_id, key=lambda i: -scores[i])[:k]  # stable: dense order first on ties
+        return [SearchHit(i, float(scores[i]), by_id[i].text, dict(by_id[i].metadata)) for i in order]
+
+    @property
+    def lexical(self) -> bool:
+        """Whether a BM25 index is kept beside the vectors."""
+        return self._lexical is not None
 
     def search_vectors(
         self, vectors: FloatArray, k: int, *, where: MetadataFilter | None = None

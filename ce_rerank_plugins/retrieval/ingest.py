@@ -145,6 +145,8 @@ def build_index_from_files(
     index_type: str = "flat",
     exclude: Sequence[Path] = (),
     show_progress: bool | None = None,
+    lexical: bool = False,
+    mode: str = "dense",
 ) -> tuple[Any, IngestedFiles]:
     """Read, chunk and embed files into a new ``FaissIndex``; returns it and what was (not) read.
 
@@ -156,6 +158,8 @@ def build_index_from_files(
         index_type: ``"flat"``, ``"hnsw"`` or ``"ivf"``.
         exclude: Folders never read (e.g. the index's own output folder).
         show_progress: Progress bar while embedding.
+        lexical: Keep a BM25 index beside the vectors.
+        mode: The index's default retrieval mode (``dense``, ``bm25``, ``hybrid``).
 
     Raises:
         FileNotFoundError: No readable file was found.
@@ -168,7 +172,13 @@ def build_index_from_files(
     if not found.files:
         raise FileNotFoundError(f"no .txt, .md or .jsonl files found in {', '.join(map(str, paths))}")
     records = read_records(found)
-    index = FaissIndex(embedder, index_type=index_type, show_progress=show_progress)  # type: ignore[arg-type]
+    index = FaissIndex(
+        embedder,
+        index_type=index_type,  # type: ignore[arg-type]
+        show_progress=show_progress,
+        lexical=lexical,
+        mode=mode,  # type: ignore[arg-type]
+    )
     chunker = TokenChunker(index.embedder.tokenizer, chunk_tokens=chunk_tokens, overlap=overlap)
     texts, ids, metas = [], [], []
     for record in records:

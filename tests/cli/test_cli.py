@@ -224,6 +224,13 @@ def test_demo_answer_movement(after, answers, expected):
         (["query", "{tmp}/missing", "q", "--precision", "fp8", "-m", "{model}"], 2, "--precision must be one of"),
         (["eval", "{tmp}/missing", "--depths", "0", "-m", "{model}"], 2, "--depths must be positive integers"),
         (["eval", "{tmp}/missing", "--max-queries", "-1", "-m", "{model}"], 2, "--max-queries must be >= 1"),
+        (
+            ["eval", "{tmp}/missing", "--mode", "dense,sparse", "-m", "{model}"],
+            2,
+            "--mode must be dense, bm25 or hybrid",
+        ),
+        (["query", "{tmp}/missing", "q", "--mode", "lexical", "-m", "{model}"], 2, "--mode must be dense, bm25 or"),
+        (["index", "{empty}", "--out", "{tmp}/o", "--mode", "x"], 2, "--mode must be dense, bm25 or hybrid, got 'x'"),
         (["query", "{tmp}/missing", "question", "-m", "{model}"], 1, "no saved index at"),
         (["query", "{tmp}", "   ", "-m", "{model}"], 2, "the question is empty"),
         (["eval", "{noqrels}", "-m", "{model}"], 1, "qrels file .* is missing"),
@@ -289,13 +296,13 @@ def test_pairs_and_train_commands(tmp_path, beir_dir, tiny_ce_path):
     assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 
-def test_demo_without_any_trained_model_says_rankings_are_not_meaningful(tmp_path):
+def test_demo_offline_uses_the_bundled_model_and_no_answer_moves_down(tmp_path):
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "CE_RERANK_MODEL"}
     env.update({"HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path)})
     result = subprocess.run(
-        [sys.executable, "-m", "ce_rerank_plugins.cli", "demo", "-n", "2"],
+        [sys.executable, "-m", "ce_rerank_plugins.cli", "demo"],
         capture_output=True,
         text=True,
         env=env,
@@ -303,6 +310,73 @@ def test_demo_without_any_trained_model_says_rankings_are_not_meaningful(tmp_pat
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "UNTRAINED" in result.stderr and "not meaningful" in result.stderr
-    assert "Reminder: an untrained reranker" in result.stdout
+    assert "UNTRAINED" not in result.stderr and "ce-minilm-l6-offline" in result.stdout
+    assert "weighted fusion" in result.stdout
+    summary = result.stdout[result.stdout.index("Summary:") :]
+    assert "worse" not in summary, summary
+
+
+def test_demo_without_any_model_falls_back_to_an_untrained_head_and_says_so(tmp_path, monkeypatch):
+    from ce_rerank_plugins.core import _loading
+
+    monkeypatch.delenv("CE_RERANK_MODEL", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_loading, "bundled_model_dir", lambda: None)
+    result = CliRunner().invoke(app, ["demo", "-n", "2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "UNTRAINED" in result.output and "not meaningful" in result.output
+    assert "Reminder: an untrained reranker" in result.output
     assert (tmp_path / "ce_rerank_plugins" / "untrained-minilm-l6-cross-encoder-1" / "config.json").is_file()
+
+
+def test_hybrid_index_query_and_eval_modes(docs_dir, beir_dir, tiny_ce_path, tmp_path):
+    out = tmp_path / "hy"
+    made = invoke(
+        "index", str(docs_dir), "--out", str(out), "--mode", "hybrid", "--chunk-tokens", "64", "--overlap", "8"
+    )
+    assert made.exit_code == 0, made.output
+    for mode in ("bm25", "hybrid", "dense"):
+        result = invoke(
+            "query",
+            str(out),
+            "coffee temperature",
+            "-k",
+            "5",
+            "-n",
+            "2",
+            "--json",
+            "--mode",
+            mode,
+            "-m",
+            str(tiny_ce_path),
+        )
+        assert result.exit_code == 0, result.output
+        assert len(json.loads(result.output)["results"]) == 2
+    evaluated = invoke(
+        "eval",
+        str(beir_dir),
+        "--out-dir",
+        str(tmp_path),
+        "--depths",
+        "5",
+        "--latency-queries",
+        "1",
+        "--mode",
+        "dense,bm25,hybrid",
+        "-m",
+        str(tiny_ce_path),
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads((tmp_path / f"{beir_dir.name}_eval.json").read_text())
+    assert [s["name"] for s in report["stages"]] == [
+        "dense",
+        "dense rerank@5",
+        "bm25",
+        "bm25 rerank@5",
+        "hybrid",
+        "hybrid rerank@5",
+    ]
+    # a plain index has no BM25: asking for it is a clear one-line error
+    plain = invoke("query", str(tmp_path / "missing"), "q", "-m", str(tiny_ce_path))
+    assert plain.exit_code == 1

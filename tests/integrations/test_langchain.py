@@ -62,6 +62,35 @@ class TestFaissRetrieverStandard(RetrieversIntegrationTests):
         return QUERY
 
 
+class TestFaissRetrieverHybridStandard(RetrieversIntegrationTests):
+    """The same standard suite, with the retriever in hybrid (BM25 + dense) mode."""
+
+    @pytest.fixture(autouse=True)
+    def _index(self, sample_records) -> None:
+        if not hasattr(type(self), "_hybrid_index"):
+            from ce_rerank_plugins.retrieval import FaissIndex
+
+            index = FaissIndex(lexical=True)
+            index.add(
+                [r["text"] for r in sample_records],
+                ids=[r["id"] for r in sample_records],
+                metadatas=[{"source": r["source"], "chunk_index": r["chunk_index"]} for r in sample_records],
+            )
+            type(self)._hybrid_index = index
+
+    @property
+    def retriever_constructor(self) -> type[FaissRetriever]:
+        return FaissRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict[str, Any]:
+        return {"index": type(self)._hybrid_index, "mode": "hybrid"}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return QUERY
+
+
 def test_compressor_matches_core_and_leaves_inputs_untouched(compressor, docs, tiny_ce_path):
     before = copy.deepcopy(docs)
     out = compressor.compress_documents(docs, QUERY)

@@ -175,3 +175,16 @@ def test_postprocessor_fuses_with_the_retrieval_score(tiny_ce_path):
     assert [n.node.metadata["retrieval_score"] for n in out] == [0.9, 0.5, 0.1]
     with pytest.raises(ValueError, match="Input should be 'auto', 'none', 'weighted' or 'rrf'"):
         CrossEncoderNodePostprocessor(model=str(tiny_ce_path), fusion="magic")
+
+
+def test_faiss_retriever_in_hybrid_and_bm25_modes(sample_records):
+    from ce_rerank_plugins.retrieval import FaissIndex
+
+    index = FaissIndex(lexical=True)
+    index.add([r["text"] for r in sample_records], ids=[r["id"] for r in sample_records])
+    for mode in ("hybrid", "bm25"):
+        nodes = FaissRetriever(index, k=3, mode=mode).retrieve("water temperature for coffee")
+        assert len(nodes) == 3 and nodes[0].node.node_id.startswith("coffee")
+        assert [n.score for n in nodes] == sorted((n.score for n in nodes), reverse=True)
+    with pytest.raises(ValueError, match="needs an index built with lexical=True"):
+        FaissRetriever(FaissIndex(), mode="bm25")
