@@ -71,7 +71,8 @@ def test_the_bundled_model_loads_from_an_installed_wheel(wheel, tmp_path):
         model = default_model()
         assert model.startswith({str(target)!r}), model
         reranker = ce_rerank_plugins.CrossEncoderReranker(model)
-        ranked = reranker.rank("How many people live in Lyon?", ["Paris is in France.", "Lyon has 522,000 inhabitants."])
+        docs = ["Paris is in France.", "Lyon has 522,000 inhabitants."]
+        ranked = reranker.rank("How many people live in Lyon?", docs)
         print(model, reranker.fusion, reranker.fusion_weight, [r.corpus_id for r in ranked])
         """
     )

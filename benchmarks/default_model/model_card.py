@@ -44,7 +44,7 @@ def main() -> None:
         "",
         f"It is meant to be **fused with the first stage**: `ce_rerank.json` recommends `{chosen['fusion']}` fusion",
         f"with the cross-encoder's weight at {chosen['fusion_weight']} (min-max of each score, weighted sum), which",
-        "`CrossEncoderReranker(fusion=\"auto\")` (the default) applies. Alone, it is weaker than on the",
+        '`CrossEncoderReranker(fusion="auto")` (the default) applies. Alone, it is weaker than on the',
         "figures below (the `rerank@N` rows without `+`).",
         "",
         "## Training",
@@ -59,7 +59,8 @@ def main() -> None:
         "  and MS MARCO corpora, web-style keyword pseudo-queries over the MS MARCO corpus, Climate-FEVER",
         "  claims with their labelled evidence. No test query and no test judgement was read.",
         "- Loss (`train_v2.py`): localised contrastive estimation (the positive against its group) plus",
-        f"  {training['variants'][0]['distill_weight']} x listwise KL distillation of the teacher's order over the other candidates.",
+        f"  {training['variants'][0]['distill_weight']} x listwise KL distillation of the teacher's order over the"
+        " other candidates.",
         f"- Run: {training['device']}, bf16, lr {training['variants'][0]['lr']}, 16 groups a step, max length 320,",
         f"  {training['variants'][0]['seconds']:.0f} s; the epoch with the best nDCG@10 on held-out training",
         f"  queries was kept (epoch {training['chosen_epoch']}).",

@@ -74,14 +74,17 @@ def main() -> None:
     method, weight = best.split(":")
     record = {
         "chosen": {"fusion": method, "fusion_weight": float(weight)},
-        "criterion": f"mean nDCG@10 on {chosen_sets}, averaged over depths 20/50/100; ties go to the weight nearest 0.5",
+        "criterion": (
+            f"mean nDCG@10 on {chosen_sets}, averaged over depths 20/50/100; ties go to the weight nearest 0.5"
+        ),
         "first_stage_only": {d: results[d]["weighted:0.0"] for d in results},
         "cross_encoder_only": {d: results[d]["weighted:1.0"] for d in results},
         "chosen_scores": {d: results[d][best] for d in results},
         "grid": results,
     }
     args.out.write_text(json.dumps(record, indent=2))
-    print(json.dumps({k: record[k] for k in ("chosen", "first_stage_only", "cross_encoder_only", "chosen_scores")}, indent=1))
+    shown = ("chosen", "first_stage_only", "cross_encoder_only", "chosen_scores")
+    print(json.dumps({k: record[k] for k in shown}, indent=1))
 
 
 if __name__ == "__main__":
