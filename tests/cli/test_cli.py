@@ -296,13 +296,13 @@ def test_pairs_and_train_commands(tmp_path, beir_dir, tiny_ce_path):
     assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 
-def test_demo_offline_uses_the_bundled_model_and_no_answer_moves_down(tmp_path):
+def test_demo_offline_without_a_model_says_rankings_are_not_meaningful(tmp_path):
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "CE_RERANK_MODEL"}
     env.update({"HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path)})
     result = subprocess.run(
-        [sys.executable, "-m", "ce_rerank_plugins.cli", "demo"],
+        [sys.executable, "-m", "ce_rerank_plugins.cli", "demo", "-n", "2"],
         capture_output=True,
         text=True,
         env=env,
@@ -310,24 +310,19 @@ def test_demo_offline_uses_the_bundled_model_and_no_answer_moves_down(tmp_path):
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "UNTRAINED" not in result.stderr and "ce-minilm-l6-offline" in result.stdout
-    assert "weighted fusion" in result.stdout
-    summary = result.stdout[result.stdout.index("Summary:") :]
-    assert "worse" not in summary, summary
-
-
-def test_demo_without_any_model_falls_back_to_an_untrained_head_and_says_so(tmp_path, monkeypatch):
-    from ce_rerank_plugins.core import _loading
-
-    monkeypatch.delenv("CE_RERANK_MODEL", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(_loading, "bundled_model_dir", lambda: None)
-    result = CliRunner().invoke(app, ["demo", "-n", "2"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    assert "UNTRAINED" in result.output and "not meaningful" in result.output
-    assert "Reminder: an untrained reranker" in result.output
+    assert "UNTRAINED" in result.stderr and "not meaningful" in result.stderr
+    assert "Reminder: an untrained reranker" in result.stdout
     assert (tmp_path / "ce_rerank_plugins" / "untrained-minilm-l6-cross-encoder-1" / "config.json").is_file()
+
+
+def test_demo_with_the_v2_candidate_model_fuses_and_moves_no_answer_down():
+    candidate = Path(__file__).resolve().parents[2] / "benchmarks" / "default_model" / "gpu_run_v2" / "model"
+    result = invoke("demo", "-m", str(candidate))
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "weighted fusion with the bi-encoder score, cross-encoder weight 0.4" in flat
+    summary = result.output[result.output.index("Summary:") :]
+    assert "worse" not in summary, summary
 
 
 def test_hybrid_index_query_and_eval_modes(docs_dir, beir_dir, tiny_ce_path, tmp_path):

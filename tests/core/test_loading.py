@@ -10,7 +10,14 @@ import pytest
 from ce_rerank_plugins import CrossEncoderReranker, ModelLoadError
 from ce_rerank_plugins.core import _loading
 
-BUNDLED = Path(_loading.__file__).resolve().parents[1] / "models" / "ce-minilm-l6-offline"
+CANDIDATE = Path(__file__).resolve().parents[2] / "benchmarks" / "default_model" / "gpu_run_v2" / "model"
+
+
+@pytest.fixture
+def bundled(monkeypatch, tiny_ce_path) -> Path:
+    """Pretend this build bundles a model (this release bundles none, see the README)."""
+    monkeypatch.setattr(_loading, "bundled_model_dir", lambda: Path(tiny_ce_path))
+    return Path(tiny_ce_path)
 
 
 @pytest.fixture
@@ -32,15 +39,19 @@ def test_the_hub_default_when_the_hub_may_be_used_and_answers(no_env, monkeypatc
 
 
 @pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
-def test_offline_means_no_hub_probe_and_the_bundled_model(no_env, monkeypatch, variable):
+def test_offline_means_no_hub_probe_and_the_bundled_model(no_env, monkeypatch, variable, bundled):
     monkeypatch.setenv(variable, "1")
     monkeypatch.setattr(_loading, "_hub_reachable", lambda timeout=3.0: pytest.fail("the Hub must not be probed"))
-    assert Path(_loading.default_model()) == BUNDLED
+    assert Path(_loading.default_model()) == bundled
 
 
-def test_an_unreachable_hub_falls_back_to_the_bundled_model(no_env, monkeypatch):
+def test_an_unreachable_hub_falls_back_to_the_bundled_model(no_env, monkeypatch, bundled):
     monkeypatch.setattr(_loading, "_hub_reachable", lambda timeout=3.0: False)
-    assert Path(_loading.default_model()) == BUNDLED
+    assert Path(_loading.default_model()) == bundled
+
+
+def test_this_release_bundles_no_model():
+    assert _loading.bundled_model_dir() is None
 
 
 def test_no_bundled_model_and_no_hub_is_a_clear_error(no_env, monkeypatch):
@@ -55,12 +66,12 @@ def test_product_code_never_looks_outside_the_package():
     assert '"shared"' not in source and "parents[2]" not in source
 
 
-def test_the_bundled_model_recommends_its_fusion_and_the_reranker_applies_it():
-    assert _loading.recommended_fusion(str(BUNDLED)) == ("weighted", 0.4)
-    reranker = CrossEncoderReranker(BUNDLED)
+def test_a_model_directory_recommends_its_fusion_and_the_reranker_applies_it():
+    assert _loading.recommended_fusion(str(CANDIDATE)) == ("weighted", 0.4)
+    reranker = CrossEncoderReranker(CANDIDATE)
     assert (reranker.fusion, reranker.fusion_weight) == ("weighted", 0.4)
-    explicit = CrossEncoderReranker(BUNDLED, fusion="none")
-    assert explicit.fusion == "none"
+    assert CrossEncoderReranker(CANDIDATE, fusion="none").fusion == "none"
+    assert CrossEncoderReranker(CANDIDATE, fusion_weight=0.7).fusion_weight == 0.7
 
 
 def test_a_broken_fusion_file_is_named(tmp_path, tiny_ce_path):
