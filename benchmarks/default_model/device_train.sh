@@ -1,50 +1,20 @@
 #!/usr/bin/env bash
-# Train candidate offline default cross-encoders on a GPU machine and score them on the dumped
-# bi-encoder candidates. Inputs (made on a CPU machine, see README "Offline default model"):
-#   .devcarry/minilm16                 all-MiniLM-L6-v2 backbone (export_base.py --fp16)
-#   .devcarry/train_pairs.jsonl.xz     `ce-rerank pairs` output (xz-compressed to travel)
-#   .devcarry/cands/                   prepare_candidates.py output
-# Usage: bash benchmarks/default_model/device_train.sh OUTDIR VARIANT...   (VARIANT = name:epochs:lr)
+# Recipe v2 on a GPU machine (what ran on the lent H200; see README "Offline default model").
+# Inputs, made on a CPU machine and carried in .devcarry/ (about 56 MB):
+#   .devcarry/base16   the all-MiniLM-L6-v2 encoder, fp16 (export_base.py --out .devcarry/base16 --fp16)
+#   .devcarry/v2       prepare_v2.py output (training groups, validation groups, passage texts)
+# Needs only torch and transformers there. The checkpoint is chosen on held-out *training* queries;
+# no test set is read. Outputs under $OUT: the model as a tarball split into 15 MB parts, the training
+# record, the validation scores (for tune_fusion.py), and the log.
+# Usage: bash benchmarks/default_model/device_train.sh [VARIANTS] [SECONDS]   (VARIANT = name:distill_weight:lr)
 set -euo pipefail
-out=${1:?output dir}; shift
-work=${WORK:-/tmp/ce-train}
-mkdir -p "$work" "$out"
-python3 - <<'PY'
-import gzip, lzma, shutil, torch
-from transformers import AutoModel, AutoTokenizer
-with lzma.open(".devcarry/train_pairs.jsonl.xz") as src, gzip.open("/tmp/ce-train/pairs.jsonl.gz", "wb") as dst:
-    shutil.copyfileobj(src, dst)
-AutoModel.from_pretrained(".devcarry/minilm16", dtype=torch.float32).save_pretrained("/tmp/ce-train/base")
-AutoTokenizer.from_pretrained(".devcarry/minilm16").save_pretrained("/tmp/ce-train/base")
-PY
-models=()
-for variant in "$@"; do
-  IFS=: read -r name epochs lr <<<"$variant"
-  python3 -m ce_rerank_plugins.cli train --pairs "$work/pairs.jsonl.gz" --base "$work/base" --out "$work/$name" \
-    --epochs "$epochs" --lr "$lr" --batch-size 64 --max-length 256 --eval-steps 250 --patience 4 \
-    --precision bf16 --device cuda --seed 12 2>&1 | grep -vE "it/s\]|s/it\]" | tail -n 15
-  cp "$work/$name/training_run.json" "$out/${name}_run.json"
-  models+=("$work/$name/final")
-done
-python3 benchmarks/default_model/rerank_candidates.py --candidates .devcarry/cands --model "${models[@]}" \
-  --out "$out/selection.json"
-# Export the best variant that beats the bi-encoder on SciFact and does not lower MS MARCO, in fp16,
-# as a tarball split into parts small enough to travel back.
-python3 - "$out" <<'PY'
-import json, subprocess, sys
-from pathlib import Path
-from sentence_transformers import CrossEncoder
-out = Path(sys.argv[1])
-sel = json.loads((out / "selection.json").read_text())
-base = sel.pop("bi-encoder")
-ok = {m: r for m, r in sel.items() if r["scifact"] > base["scifact"] and r["msmarco"] >= base["msmarco"]}
-print("bi-encoder", base, "\nqualifying:", json.dumps(ok, indent=1))
-if not ok:
-    sys.exit("no variant beats the bi-encoder on SciFact without lowering MS MARCO: nothing exported")
-best = max(ok, key=lambda m: ok[m]["scifact"])
-model = CrossEncoder(best, device="cpu")
-model.half()
-model.save("/tmp/ce-train/export/ce-minilm-l6-offline")
-(out / "best.txt").write_text(best + "\n")
-subprocess.run(f"tar -C /tmp/ce-train/export -czf /tmp/ce-train/model.tgz ce-minilm-l6-offline && split -b 15M -d /tmp/ce-train/model.tgz {out}/model.tgz.part", shell=True, check=True)
-PY
+variants=${1:-c:0.25:5e-5}
+budget=${2:-320}
+out=${OUT:?set OUT to the folder whose files come back}
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
+python3 benchmarks/default_model/train_v2.py --data .devcarry/v2 --base .devcarry/base16 --out /tmp/v2 \
+  --variants "$variants" --epochs 3 --groups-per-step 16 --max-length 320 --time-budget "$budget" 2>&1 \
+  | grep -v "it/s\]" | tee "$out/train.log"
+cp /tmp/v2/training_run.json /tmp/v2/val_scores.json.gz "$out/"
+tar -C /tmp/v2 -czf /tmp/model.tgz model
+split -b 15M -d /tmp/model.tgz "$out/model.tgz.part"
