@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "default_model"))
-from keyword_query_pairs import pseudo_queries  # noqa: E402
+from keyword_query_pairs import pseudo_queries
 
-from ce_rerank_plugins.evaluation.beir import load_beir  # noqa: E402
-from ce_rerank_plugins.evaluation.rerank_eval import index_corpus, ranx_metrics  # noqa: E402
+from ce_rerank_plugins.evaluation.beir import load_beir
+from ce_rerank_plugins.evaluation.rerank_eval import index_corpus, ranx_metrics
 
 VARIANTS = [
     ("dense", None, None),

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ce_rerank_plugins.core import CrossEncoderReranker
+from ce_rerank_plugins.core import CrossEncoderReranker, Precision, ScoreMode
 from ce_rerank_plugins.core._loading import default_model
 
 
@@ -12,10 +10,10 @@ def build_reranker(
     model: str | None,
     *,
     device: str,
-    precision: Any,
+    precision: Precision,
     max_length: int | None,
     batch_size: int,
-    score_mode: Any,
+    score_mode: ScoreMode,
     trust_remote_code: bool,
 ) -> CrossEncoderReranker:
     """A core reranker for these settings; equal settings share one loaded model (the registry)."""

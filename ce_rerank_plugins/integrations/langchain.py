@@ -67,9 +67,13 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
     top_n: int | None = Field(default=3, description="How many documents to keep (None: all).")
     score_threshold: float | None = Field(default=None, description="Drop documents scoring below this.")
     min_keep: int = Field(default=0, description="Keep at least this many even below the threshold.")
-    score_mode: str = Field(default="auto", description="auto | logits | sigmoid | softmax.")
+    score_mode: Literal["auto", "logits", "sigmoid", "softmax"] = Field(
+        default="auto", description="auto | logits | sigmoid | softmax."
+    )
     device: str = Field(default="auto", description="auto | cpu | cuda | mps.")
-    precision: str = Field(default="auto", description="auto | fp32 | bf16 | onnx | onnx-int8 (probe-checked vs fp32).")
+    precision: Literal["auto", "fp32", "bf16", "onnx", "onnx-int8"] = Field(
+        default="auto", description="auto | fp32 | bf16 | onnx | onnx-int8 (probe-checked vs fp32)."
+    )
     max_length: int | None = Field(default=None, description="Token budget of a (query, passage) pair.")
     batch_size: int = Field(default=16, description="Pairs per forward pass.")
     trust_remote_code: bool = Field(default=False, description="Allow custom model code (off by default).")

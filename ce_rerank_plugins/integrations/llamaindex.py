@@ -64,7 +64,9 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
     top_n: int | None = Field(default=3, description="How many nodes to keep (None: all).")
     score_threshold: float | None = Field(default=None, description="Drop nodes scoring below this.")
     min_keep: int = Field(default=0, description="Keep at least this many even below the threshold.")
-    score_mode: str = Field(default="auto", description="auto | logits | sigmoid | softmax.")
+    score_mode: Literal["auto", "logits", "sigmoid", "softmax"] = Field(
+        default="auto", description="auto | logits | sigmoid | softmax."
+    )
     fusion: Literal["auto", "none", "weighted", "rrf"] = Field(
         default="auto",
         description="Fuse with the retrieval score: auto (the model's recommendation) | none | weighted | rrf.",
@@ -78,7 +80,9 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
         default="none", description="What of the node the model reads (none | embed | llm | all)."
     )
     device: str = Field(default="auto", description="auto | cpu | cuda | mps.")
-    precision: str = Field(default="auto", description="auto | fp32 | bf16 | onnx | onnx-int8 (probe-checked vs fp32).")
+    precision: Literal["auto", "fp32", "bf16", "onnx", "onnx-int8"] = Field(
+        default="auto", description="auto | fp32 | bf16 | onnx | onnx-int8 (probe-checked vs fp32)."
+    )
     max_length: int | None = Field(default=None, description="Token budget of a (query, passage) pair.")
     batch_size: int = Field(default=16, description="Pairs per forward pass.")
     trust_remote_code: bool = Field(default=False, description="Allow custom model code (off by default).")

@@ -244,3 +244,10 @@ def test_compressor_fuses_with_the_retrieval_score_in_metadata(tiny_ce_path):
         CrossEncoderCompressor(model=str(tiny_ce_path), fusion_weight=2.0)
     with pytest.raises(ValueError, match="Input should be 'auto', 'none', 'weighted' or 'rrf'"):
         CrossEncoderCompressor(model=str(tiny_ce_path), fusion="magic")
+
+
+def test_settings_are_typed_and_a_wrong_value_lists_the_allowed_ones(tiny_ce_path):
+    with pytest.raises(ValueError, match="Input should be 'auto', 'fp32', 'bf16', 'onnx' or 'onnx-int8'"):
+        CrossEncoderCompressor(model=str(tiny_ce_path), precision="fp8")
+    with pytest.raises(ValueError, match="Input should be 'auto', 'logits', 'sigmoid' or 'softmax'"):
+        CrossEncoderCompressor(model=str(tiny_ce_path), score_mode="probit")
