@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -139,12 +140,19 @@ def _quantize_int8(source: Path, target: Path) -> None:
     quantization = require("onnxruntime.quantization", "onnx", purpose="The onnx-int8 inference path")
     tmp = target.with_name(f".{target.name}.tmp")
     try:
+        # The quantiser logs advice straight on the root logger. Drop only this thread's root records
+        # while it runs: disabling the root logger would silence every other thread of the process.
         root = logging.getLogger()
-        previous, root.disabled = root.disabled, True  # the quantiser logs advice on the root logger
+        me = threading.get_ident()
+
+        def not_from_the_quantiser(record: logging.LogRecord) -> bool:
+            return record.thread != me
+
+        root.addFilter(not_from_the_quantiser)
         try:
             quantization.quantize_dynamic(str(source), str(tmp), weight_type=quantization.QuantType.QInt8)
         finally:
-            root.disabled = previous
+            root.removeFilter(not_from_the_quantiser)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,30 @@ def test_weights_hash_changes_with_the_weights(tiny_ce_path):
     with torch.no_grad():
         next(model[0].model.parameters()).add_(1e-3)
     assert weights_sha256(model[0].model) != before
+
+
+def test_the_quantiser_silences_only_its_own_root_logging(tmp_path, monkeypatch, caplog):
+    import logging
+    import threading
+
+    from onnxruntime import quantization
+
+    from ce_rerank_plugins.core import _onnx
+
+    def fake_quantize(source, target, weight_type):
+        logging.warning("advice from the quantiser")  # root logger, this thread: dropped
+        other = threading.Thread(target=lambda: logging.warning("another thread's warning"))
+        other.start()
+        other.join()
+        Path(target).write_bytes(b"int8")
+
+    monkeypatch.setattr(quantization, "quantize_dynamic", fake_quantize)
+    source = tmp_path / "model.onnx"
+    source.write_bytes(b"fp32")
+    with caplog.at_level(logging.WARNING):
+        _onnx._quantize_int8(source, tmp_path / "model_int8.onnx")
+    assert "another thread's warning" in caplog.text
+    assert "advice from the quantiser" not in caplog.text
+    assert (tmp_path / "model_int8.onnx").read_bytes() == b"int8"
+    logging.warning("after it")
+    assert "after it" in caplog.text  # the filter is gone
