@@ -399,6 +399,9 @@ def eval_command(
     modes: Annotated[
         str, typer.Option("--mode", help="First-stage modes, comma-separated: dense, bm25, hybrid (one row set each).")
     ] = "dense",
+    hybrid_fusion: Annotated[
+        str, typer.Option(help="How hybrid fuses: weighted (min-max, 0.5/0.5) | rrf.")
+    ] = "weighted",
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     model: ModelOpt = None,
     embedder: EmbedderOpt = None,
@@ -423,6 +426,8 @@ def eval_command(
     parsed_modes = [m.strip() for m in modes.split(",") if m.strip()]
     for name in parsed_modes or [""]:
         _check_mode(name)
+    if hybrid_fusion not in ("weighted", "rrf"):
+        fail(f"--hybrid-fusion must be weighted or rrf, got {hybrid_fusion!r}", 2)
     dataset = load_beir(dataset_dir, split)
     if max_queries is not None:
         keep = list(dataset.queries)[:max_queries]
@@ -431,18 +436,21 @@ def eval_command(
         )
     reranker = None if no_rerank else _reranker(model, precision)
     console.print(f"{dataset.name}: {len(dataset.corpus)} documents, {len(dataset.queries)} judged {split} queries")
+    evaluated = build_index(dataset, embedder, lexical=any(name != "dense" for name in parsed_modes))
+    evaluated.hybrid_fusion = hybrid_fusion  # type: ignore[assignment]
     report = evaluate_reranking(
         dataset,
-        build_index(dataset, embedder, lexical=any(name != "dense" for name in parsed_modes)),
+        evaluated,
         reranker,
         depths=[] if no_rerank else parsed_depths,
         latency_queries=latency_queries,
         modes=parsed_modes,  # type: ignore[arg-type]
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"{dataset.name}_eval.json"
+    suffix = "" if hybrid_fusion == "weighted" or "hybrid" not in parsed_modes else f"_hybrid-{hybrid_fusion}"
+    json_path = out_dir / f"{dataset.name}{suffix}_eval.json"
     json_path.write_text(json.dumps(report.to_dict(), indent=2))
-    png_path = plot_report(report, out_dir / f"{dataset.name}_eval.png")
+    png_path = plot_report(report, out_dir / f"{dataset.name}{suffix}_eval.png")
     table = Table(title=f"{dataset.name} ({report.queries} queries)")
     for col in ("stage", "nDCG@10", "MRR@10", "R@10", "R@100", "ms median", "ms p95"):
         table.add_column(col, justify="right")
