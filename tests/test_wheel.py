@@ -135,3 +135,10 @@ def test_a_bundled_model_loads_from_an_installed_wheel(wheel_with_bundled_model,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ce-minilm-l6-offline weighted 0.4 [0, 1]" in result.stdout
+
+
+def test_the_version_has_one_source(wheel):
+    import ce_rerank_plugins
+
+    assert wheel.name.startswith(f"ce_rerank_plugins-{ce_rerank_plugins.__version__}-")
+    assert 'dynamic = ["version"]' in (REPO / "pyproject.toml").read_text()
