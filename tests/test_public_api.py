@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import ce_rerank_plugins
 from ce_rerank_plugins import context, core, retrieval, training
 
@@ -55,3 +57,91 @@ def test_no_pickle_and_no_remote_code_in_the_package():
         text = path.read_text()
         assert "import pickle" not in text and "pickle.load" not in text, path
         assert "trust_remote_code=True" not in text, path
+
+
+EXPECTED_ALL = {
+    "ce_rerank_plugins": [
+        "SHARED_MODELS",
+        "CERerankError",
+        "CacheInfo",
+        "CrossEncoderReranker",
+        "IndexFormatError",
+        "ModelKey",
+        "ModelLoadError",
+        "PairClassification",
+        "RankedResult",
+        "ScoreCache",
+        "ScoringError",
+        "__version__",
+    ],
+    "ce_rerank_plugins.core": [
+        "HUB_DEFAULT_MODEL",
+        "MODEL_ENV_VAR",
+        "SHARED_MODELS",
+        "CacheInfo",
+        "CrossEncoderReranker",
+        "ModelKey",
+        "PairClassification",
+        "Precision",
+        "RankedResult",
+        "ScoreCache",
+        "ScoreMode",
+        "check_rank_options",
+    ],
+    "ce_rerank_plugins.retrieval": [
+        "DEFAULT_EMBEDDER_ID",
+        "FORMAT_VERSION",
+        "RETRIEVAL_MODES",
+        "Chunk",
+        "Document",
+        "Embedder",
+        "FaissIndex",
+        "IndexType",
+        "RetrievalMode",
+        "SearchHit",
+        "TokenChunker",
+    ],
+    "ce_rerank_plugins.retrieval.ingest": [
+        "SUPPORTED_SUFFIXES",
+        "IngestedFiles",
+        "SourceRecord",
+        "build_index_from_files",
+        "collect_files",
+        "read_records",
+    ],
+    "ce_rerank_plugins.context": [
+        "POSITION_KEY",
+        "SOURCE_KEY",
+        "AssembledContext",
+        "ContextChunk",
+        "Ordering",
+        "TokenCounter",
+        "approximate_token_count",
+        "assemble_context",
+        "chunk_from_metadata",
+        "with_unique_citations",
+    ],
+    "ce_rerank_plugins.integrations.langchain": [
+        "CrossEncoderCompressor",
+        "FaissRetriever",
+        "RerankingRetriever",
+        "context_runnable",
+        "documents_to_context",
+    ],
+    "ce_rerank_plugins.integrations.llamaindex": [
+        "CrossEncoderNodePostprocessor",
+        "FaissRetriever",
+        "nodes_to_context",
+    ],
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(EXPECTED_ALL))
+def test_public_names_are_pinned(module_name):
+    """A change to a public module's names is a deliberate API change: update this list with it."""
+    import importlib
+
+    module = importlib.import_module(module_name)
+    assert list(module.__all__) == EXPECTED_ALL[module_name]
+    for name in module.__all__:
+        assert hasattr(module, name), f"{module_name}.{name} is listed but missing"
