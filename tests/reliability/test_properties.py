@@ -93,12 +93,13 @@ class IndexAgainstADict(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.embedder = Embedder()
-        self.index = FaissIndex(self.embedder, index_type=self.index_type)
+        self.index = FaissIndex(self.embedder, index_type=self.index_type, lexical=self.lexical)
         self.model: dict[str, str] = {}
         self.tmp = tempfile.TemporaryDirectory()
         self.counter = 0
 
     index_type = "flat"
+    lexical = False
 
     @rule(target=ids, text=TEXTS)
     def add(self, text: str) -> str:
@@ -128,6 +129,16 @@ class IndexAgainstADict(RuleBasedStateMachine):
         assert {h.id for h in hits} == set(self.model)
         assert all(h.text == self.model[h.id] for h in hits)
 
+    @rule(query=TEXTS)
+    def lexical_search_returns_only_live_matching_ids(self, query: str) -> None:
+        if not self.lexical:
+            return
+        words = set(query.split())
+        hits = self.index.search(query, k=50, mode="bm25")
+        assert {h.id for h in hits} == {i for i, t in self.model.items() if words & set(t.split())}
+        hybrid = self.index.search(query, k=50, mode="hybrid")
+        assert {h.id for h in hybrid} == set(self.model)
+
     @invariant()
     def same_contents(self) -> None:
         assert sorted(self.index.ids) == sorted(self.model)
@@ -141,7 +152,13 @@ class HnswIndexAgainstADict(IndexAgainstADict):
     index_type = "hnsw"
 
 
+class HybridIndexAgainstADict(IndexAgainstADict):
+    lexical = True
+
+
 TestFlatIndexAgainstADict = IndexAgainstADict.TestCase
 TestFlatIndexAgainstADict.settings = settings(max_examples=12, stateful_step_count=12, deadline=None)
 TestHnswIndexAgainstADict = HnswIndexAgainstADict.TestCase
 TestHnswIndexAgainstADict.settings = settings(max_examples=8, stateful_step_count=12, deadline=None)
+TestHybridIndexAgainstADict = HybridIndexAgainstADict.TestCase
+TestHybridIndexAgainstADict.settings = settings(max_examples=10, stateful_step_count=12, deadline=None)
