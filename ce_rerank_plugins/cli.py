@@ -1,4 +1,4 @@
-"""The ``ce-rerank`` command: index, query, eval, demo, pairs and train.
+"""The ``ce-rerank`` command: index, query, eval, demo, serve, pairs and train.
 
 Exit codes: 0 success, 1 data or runtime failure (one-line message, no traceback), 2 usage error (bad
 options, checked before any model or index is loaded).
@@ -467,6 +467,27 @@ def eval_command(
         )
     console.print(table)
     console.print(f"wrote {json_path} and {png_path}")
+
+
+@app.command()
+@_user_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    max_documents: Annotated[int, typer.Option(help="Most documents one request may carry.")] = 1000,
+    model: ModelOpt = None,
+) -> None:
+    """Serve the shared reranker over HTTP (POST /v1/rerank, GET /health, GET /v1/models) with uvicorn."""
+    _check_precision(precision)
+    if not 0 < port < 65536 or max_documents < 1:
+        fail(f"need 0 < --port < 65536 and --max-documents >= 1, got {port} and {max_documents}", 2)
+    from ce_rerank_plugins._optional import require
+    from ce_rerank_plugins.serve import ServeLimits, create_app
+
+    uvicorn = require("uvicorn", "serve", purpose="ce-rerank serve")
+    app_ = create_app(lambda: _reranker(model, precision), limits=ServeLimits(max_documents=max_documents))
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 #: The demo's questions, each with the sample-corpus records that answer it (our own judgements of our

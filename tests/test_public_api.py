@@ -133,6 +133,7 @@ EXPECTED_ALL = {
         "FaissRetriever",
         "nodes_to_context",
     ],
+    "ce_rerank_plugins.serve": ["RemoteRerankError", "RemoteReranker", "ServeLimits", "create_app"],
 }
 
 
@@ -145,3 +146,23 @@ def test_public_names_are_pinned(module_name):
     assert list(module.__all__) == EXPECTED_ALL[module_name]
     for name in module.__all__:
         assert hasattr(module, name), f"{module_name}.{name} is listed but missing"
+
+
+@pytest.mark.parametrize(
+    ("blocked", "code", "extra"),
+    [
+        ("fastapi", "import ce_rerank_plugins.serve", "serve"),
+        ("bm25s", "from ce_rerank_plugins.retrieval import FaissIndex; FaissIndex(lexical=True)", "hybrid"),
+        ("langchain_core", "import ce_rerank_plugins.integrations.langchain", "langchain"),
+        ("llama_index", "import ce_rerank_plugins.integrations.llamaindex", "llamaindex"),
+    ],
+)
+def test_each_missing_extra_is_named(blocked, code, extra):
+    script = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        f"try:\n    {code}\nexcept ImportError as e:\n"
+        f"    sys.exit(0 if 'ce-rerank-plugins[{extra}]' in str(e) else 2)\n"
+        "sys.exit(1)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

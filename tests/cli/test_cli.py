@@ -61,9 +61,9 @@ def beir_dir(tmp_path_factory, sample_records) -> Path:
 def test_help_lists_every_command():
     result = subprocess.run([sys.executable, "-m", "ce_rerank_plugins.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("index", "query", "eval", "demo", "pairs", "train"):
+    for command in ("index", "query", "eval", "demo", "serve", "pairs", "train"):
         assert command in result.stdout
-    for command in ("index", "query", "eval", "demo", "pairs", "train"):
+    for command in ("index", "query", "eval", "demo", "serve", "pairs", "train"):
         assert invoke(command, "--help").exit_code == 0
 
 

@@ -1,0 +1,18 @@
+"""The shared reranker over HTTP: one ASGI app (FastAPI) in the widely used rerank request shape.
+
+``POST /v1/rerank`` takes ``{"query", "documents": [str | {"text"}], "top_n"?, "return_documents"?,
+"model"?}`` and answers ``{"model", "results": [{"index", "relevance_score", "document"?}], "usage"}``;
+``GET /health`` and ``GET /v1/models`` report the state. The app holds one core
+:class:`~ce_rerank_plugins.core.CrossEncoderReranker`; concurrent requests are micro-batched by the
+core's worker, so the server does no batching of its own. Blocking work runs in a thread pool.
+
+Needs the ``serve`` extra (``pip install 'ce-rerank-plugins[serve]'``). Run it with
+``ce-rerank serve`` (uvicorn) or mount :func:`create_app` in any ASGI server.
+"""
+
+from __future__ import annotations
+
+from ce_rerank_plugins.serve._app import ServeLimits, create_app
+from ce_rerank_plugins.serve._client import RemoteReranker, RemoteRerankError
+
+__all__ = ["RemoteRerankError", "RemoteReranker", "ServeLimits", "create_app"]

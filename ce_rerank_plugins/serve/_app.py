@@ -1,0 +1,161 @@
+"""The FastAPI app: validation, limits, JSON errors, and the shared core reranker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ce_rerank_plugins._optional import require
+
+require("fastapi", "serve", purpose="ce_rerank_plugins.serve")
+
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+
+from ce_rerank_plugins.core import CrossEncoderReranker  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may carry; larger requests get 413 with the limit named."""
+
+    max_documents: int = 1000
+    max_document_chars: int = 20_000
+    max_query_chars: int = 4_000
+    max_body_bytes: int = 8 * 2**20
+
+
+class DocumentObject(BaseModel):
+    """A document given as an object (the other accepted shape is a bare string)."""
+
+    model_config = ConfigDict(extra="allow")
+    text: str
+
+
+class RerankRequest(BaseModel):
+    """The rerank request shape of Cohere, Jina, TEI and Infinity style servers."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: str
+    documents: list[str | DocumentObject]
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool = False
+    model: str | None = None
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def create_app(
+    reranker: CrossEncoderReranker | Callable[[], CrossEncoderReranker] | None = None,
+    *,
+    limits: ServeLimits | None = None,
+) -> FastAPI:
+    """The ASGI app serving ``reranker`` (or one built by a factory, or the default model, on first use).
+
+    Args:
+        reranker: A core reranker, a zero-argument factory (called once, in the background, at
+            start-up; requests get 503 until it is ready), or None for the default model.
+        limits: Request limits (documents, characters, body size).
+    """
+    limits = limits or ServeLimits()
+    state: dict[str, Any] = {"reranker": reranker if isinstance(reranker, CrossEncoderReranker) else None}
+    ready = threading.Event()
+    failure: list[BaseException] = []
+    if state["reranker"] is not None:
+        ready.set()
+
+    def load() -> None:
+        try:
+            if callable(reranker):
+                state["reranker"] = reranker()
+            else:
+                from ce_rerank_plugins.core._loading import default_model
+
+                state["reranker"] = CrossEncoderReranker(default_model())
+        except BaseException as exc:  # reported by /health and every request
+            failure.append(exc)
+        finally:
+            ready.set()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not ready.is_set():  # load in the background: /health says 503 until the model is ready
+            threading.Thread(target=load, name="ce-rerank-load", daemon=True).start()
+        yield
+
+    app = FastAPI(title="ce-rerank", version="1", lifespan=lifespan)
+
+    def current() -> CrossEncoderReranker:
+        if failure:
+            raise _Unavailable(f"the model failed to load: {failure[0]}")
+        if not ready.is_set() or state["reranker"] is None:
+            raise _Unavailable("the model is still loading; retry shortly")
+        return state["reranker"]
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error(422, f"invalid request: {where or 'body'}: {first.get('msg', 'bad value')}")
+
+    @app.exception_handler(_Unavailable)
+    async def _unavailable(_: Request, exc: _Unavailable) -> JSONResponse:
+        return error(503, str(exc))
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next: Any) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            return error(413, f"the request body has {declared} bytes, more than the limit of {limits.max_body_bytes}")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        try:
+            model = current()
+        except _Unavailable as exc:
+            return error(503, str(exc))
+        return JSONResponse({"status": "ok", "model": model.key.model, "precision": model.precision})
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        model = current()
+        return {"object": "list", "data": [{"id": model.key.model, "object": "model"}]}
+
+    @app.post("/v1/rerank")
+    async def rerank(body: RerankRequest) -> Any:
+        model = current()
+        if body.model not in (None, model.key.model):
+            return error(422, f"this server serves {model.key.model!r}, not {body.model!r}")
+        texts = [d if isinstance(d, str) else d.text for d in body.documents]
+        if len(texts) > limits.max_documents:
+            return error(413, f"{len(texts)} documents, more than the limit of {limits.max_documents}")
+        if len(body.query) > limits.max_query_chars:
+            return error(413, f"the query has {len(body.query)} characters, more than {limits.max_query_chars}")
+        for i, text in enumerate(texts):
+            if len(text) > limits.max_document_chars:
+                return error(413, f"documents[{i}] has {len(text)} characters, more than {limits.max_document_chars}")
+        try:
+            ranked = await asyncio.to_thread(model.rank, body.query, texts, body.top_n)
+        except (TypeError, ValueError) as exc:
+            return error(422, str(exc))
+        results = []
+        for r in ranked:
+            item: dict[str, Any] = {"index": r.corpus_id, "relevance_score": r.score}
+            if body.return_documents:
+                item["document"] = {"text": texts[r.corpus_id]}
+            results.append(item)
+        return {"model": model.key.model, "results": results, "usage": {"documents": len(texts)}}
+
+    return app

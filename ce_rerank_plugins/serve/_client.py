@@ -1,0 +1,145 @@
+"""``RemoteReranker``: the core's ``rank`` / ``arank`` / ``predict`` over HTTP (httpx), with retries."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ce_rerank_plugins._optional import require
+from ce_rerank_plugins._validation import check_sequence, check_text
+from ce_rerank_plugins.core import RankedResult, check_rank_options
+from ce_rerank_plugins.errors import CERerankError
+
+#: Status codes worth another try: the server is loading, overloaded or restarting.
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+def _checked(query: object, documents: object, top_n: object) -> list[str]:
+    check_text(query, "query")
+    docs = [check_text(d, f"documents[{i}]") for i, d in enumerate(check_sequence(documents, "documents"))]
+    check_rank_options(top_n, None, 0)
+    return docs
+
+
+class RemoteRerankError(CERerankError):
+    """The server refused the request (4xx), or kept failing after the retries (5xx, connection)."""
+
+
+class RemoteReranker:
+    """A reranker served by ``ce-rerank serve`` (or any server of the same request shape).
+
+    Args:
+        url: The server's base URL, e.g. ``"http://127.0.0.1:8080"``.
+        model: The model to ask for (None: the server's).
+        timeout: Seconds per attempt.
+        retries: Further attempts after a connection error or a 502/503/504 (a 4xx is never retried).
+        backoff: Seconds before the first retry; doubled each time.
+
+    Example:
+        >>> reranker = RemoteReranker("http://127.0.0.1:8080")  # doctest: +SKIP
+        >>> reranker.rank("How many people live in Lyon?", passages, top_n=3)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+    ) -> None:
+        self._httpx = require("httpx", "serve", purpose="RemoteReranker")
+        if retries < 0 or timeout <= 0 or backoff < 0:
+            raise ValueError("retries and backoff must be >= 0 and timeout > 0")
+        self.url = url.rstrip("/")
+        self.model = model
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+
+    def _payload(self, query: str, documents: Sequence[str], top_n: int | None) -> dict[str, Any]:
+        payload: dict[str, Any] = {"query": query, "documents": list(documents), "top_n": top_n}
+        if self.model is not None:
+            payload["model"] = self.model
+        return payload
+
+    def _results(self, response: Any) -> list[RankedResult]:
+        body = response.json()
+        return [RankedResult(int(r["index"]), float(r["relevance_score"])) for r in body["results"]]
+
+    def _refused(self, response: Any) -> RemoteRerankError:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        return RemoteRerankError(f"{self.url} answered {response.status_code}: {message}")
+
+    def rank(self, query: str, documents: Sequence[str], top_n: int | None = None) -> list[RankedResult]:
+        """Rank ``documents`` for ``query`` on the server; the same results as the core's ``rank``."""
+        docs = _checked(query, documents, top_n)
+        if not docs:
+            return []
+        payload = self._payload(query, docs, top_n)
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._httpx.post(f"{self.url}/v1/rerank", json=payload, timeout=self.timeout)
+            except self._httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise RemoteRerankError(f"cannot reach {self.url} after {attempt + 1} attempts: {exc}") from exc
+            else:
+                if response.status_code == 200:
+                    return self._results(response)
+                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                    raise self._refused(response)
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def arank(self, query: str, documents: Sequence[str], top_n: int | None = None) -> list[RankedResult]:
+        """Async :meth:`rank` (httpx's async client), retried the same way."""
+        docs = _checked(query, documents, top_n)
+        if not docs:
+            return []
+        payload = self._payload(query, docs, top_n)
+        delay = self.backoff
+        async with self._httpx.AsyncClient(timeout=self.timeout) as client:
+            for attempt in range(self.retries + 1):
+                try:
+                    response = await client.post(f"{self.url}/v1/rerank", json=payload)
+                except self._httpx.TransportError as exc:
+                    if attempt == self.retries:
+                        message = f"cannot reach {self.url} after {attempt + 1} attempts: {exc}"
+                        raise RemoteRerankError(message) from exc
+                else:
+                    if response.status_code == 200:
+                        return self._results(response)
+                    if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                        raise self._refused(response)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray[Any, Any]:
+        """Scores of (query, passage) pairs, one request per distinct query, in input order."""
+        checked = []
+        for i, pair in enumerate(check_sequence(pairs, "pairs")):
+            if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+                raise TypeError(f"pairs[{i}] must be a (text_a, text_b) pair, got {pair!r:.80}")
+            checked.append((check_text(pair[0], f"pairs[{i}][0]"), check_text(pair[1], f"pairs[{i}][1]")))
+        scores = np.zeros(len(checked), dtype=np.float32)
+        by_query: dict[str, list[int]] = {}
+        for i, (q, _) in enumerate(checked):
+            by_query.setdefault(q, []).append(i)
+        for q, positions in by_query.items():
+            for r in self.rank(q, [checked[i][1] for i in positions]):
+                scores[positions[r.corpus_id]] = r.score
+        return scores
+
+    def __repr__(self) -> str:
+        return f"RemoteReranker(url={self.url!r}, model={self.model!r})"

@@ -1,0 +1,168 @@
+"""The HTTP server on loopback (real uvicorn, real httpx) and RemoteReranker against it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from ce_rerank_plugins import CrossEncoderReranker
+from ce_rerank_plugins.serve import RemoteReranker, RemoteRerankError, ServeLimits, create_app
+
+QUERY = "How many people live in Lyon?"
+DOCS = [
+    "Lyon counted roughly 522,000 residents at the last census.",
+    "Lyon is famous for its bouchons.",
+    "The Rhône and the Saône meet in Lyon.",
+    "Coffee brews best just off the boil.",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Server:
+    def __init__(self, app) -> None:
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_ce_path) -> CrossEncoderReranker:
+    return CrossEncoderReranker(tiny_ce_path)
+
+
+@pytest.fixture(scope="module")
+def server(reranker) -> Iterator[_Server]:
+    limits = ServeLimits(max_documents=5, max_document_chars=200, max_body_bytes=4000)
+    with _Server(create_app(reranker, limits=limits)) as running:
+        yield running
+
+
+def test_served_results_equal_in_process_results(server, reranker):
+    expected = reranker.rank(QUERY, DOCS)
+    response = httpx.post(f"{server.url}/v1/rerank", json={"query": QUERY, "documents": DOCS, "return_documents": True})
+    assert response.status_code == 200
+    body = response.json()
+    assert [r["index"] for r in body["results"]] == [r.corpus_id for r in expected]
+    for got, want in zip(body["results"], expected, strict=True):
+        assert got["relevance_score"] == pytest.approx(want.score, abs=1e-5)
+        assert got["document"] == {"text": DOCS[want.corpus_id]}
+    assert body["usage"] == {"documents": 4} and body["model"] == reranker.key.model
+    objects = [{"text": d, "id": i} for i, d in enumerate(DOCS)]
+    top = httpx.post(f"{server.url}/v1/rerank", json={"query": QUERY, "documents": objects, "top_n": 2}).json()
+    assert [r["index"] for r in top["results"]] == [r.corpus_id for r in expected[:2]]
+    assert "document" not in top["results"][0]
+
+
+def test_remote_reranker_sync_async_and_predict(server, reranker):
+    remote = RemoteReranker(server.url)
+    expected = reranker.rank(QUERY, DOCS, top_n=3)
+    got = remote.rank(QUERY, DOCS, top_n=3)
+    assert [r.corpus_id for r in got] == [r.corpus_id for r in expected]
+    assert [r.score for r in got] == pytest.approx([r.score for r in expected], abs=1e-5)
+    assert [r.corpus_id for r in asyncio.run(remote.arank(QUERY, DOCS, top_n=3))] == [r.corpus_id for r in expected]
+    pairs = [(QUERY, DOCS[0]), ("coffee", DOCS[3]), (QUERY, DOCS[1])]
+    assert remote.predict(pairs) == pytest.approx(reranker.predict(pairs), abs=1e-5)
+    assert remote.rank(QUERY, []) == []
+    with pytest.raises(TypeError, match="documents must be a list"):
+        remote.rank(QUERY, "one string")
+
+
+def test_health_and_models(server, reranker):
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"] == reranker.key.model
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "message"),
+    [
+        ({"documents": ["a"]}, 422, "query: Field required"),
+        ({"query": "q", "documents": "abc"}, 422, "documents: Input should be a valid list"),
+        ({"query": "q", "documents": [1]}, 422, "invalid request: documents.0"),
+        ({"query": "q", "documents": ["a"], "top_n": 0}, 422, "top_n: Input should be greater than or equal to 1"),
+        ({"query": "q", "documents": ["a"], "topn": 1}, 422, "topn: Extra inputs are not permitted"),
+        ({"query": "q", "documents": ["a"], "model": "other/model"}, 422, "this server serves"),
+        ({"query": "q\ud800", "documents": ["a"]}, 422, None),
+        ({"query": "q", "documents": ["a"] * 6}, 413, "6 documents, more than the limit of 5"),
+        ({"query": "q", "documents": ["x" * 201]}, 413, r"documents\[0\] has 201 characters"),
+        (
+            {"query": "q", "documents": ["x" * 190] * 5 + ["y"] * 0, "pad": "z" * 3000},
+            413,
+            "more than the limit of 4000",
+        ),
+    ],
+)
+def test_errors_and_limits_are_json_with_their_status(server, payload, status, message):
+    import json as _json
+    import re
+
+    body = _json.dumps(payload, ensure_ascii=True)
+    response = httpx.post(f"{server.url}/v1/rerank", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["status"] == status
+    if message:
+        assert re.search(message, error["message"]), error["message"]
+
+
+def test_503_while_loading_then_the_client_retries_until_ready(tiny_ce_path):
+    gate = threading.Event()
+
+    def slow_factory() -> CrossEncoderReranker:
+        gate.wait(10)
+        return CrossEncoderReranker(tiny_ce_path)
+
+    with _Server(create_app(slow_factory)) as running:
+        assert httpx.get(f"{running.url}/health").status_code == 503
+        refused = httpx.post(f"{running.url}/v1/rerank", json={"query": "q", "documents": ["a"]})
+        assert refused.status_code == 503 and "still loading" in refused.json()["error"]["message"]
+        with pytest.raises(RemoteRerankError, match="answered 503: the model is still loading"):
+            RemoteReranker(running.url, retries=1, backoff=0.01).rank("q", ["a"])
+        threading.Timer(0.3, gate.set).start()
+        assert len(RemoteReranker(running.url, retries=8, backoff=0.1).rank("q", ["a", "b"])) == 2
+
+
+def test_a_failed_load_is_reported_not_hidden(tmp_path):
+    def broken() -> CrossEncoderReranker:
+        return CrossEncoderReranker(tmp_path / "no-model")
+
+    with _Server(create_app(broken)) as running:
+        deadline = time.monotonic() + 10
+        while "still loading" in httpx.get(f"{running.url}/health").text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = httpx.get(f"{running.url}/health")
+        assert health.status_code == 503 and "failed to load" in health.json()["error"]["message"]
+
+
+def test_an_unreachable_server_is_a_clear_error_after_the_retries():
+    port = _free_port()
+    with pytest.raises(RemoteRerankError, match=r"cannot reach http://127.0.0.1:\d+ after 3 attempts"):
+        RemoteReranker(f"http://127.0.0.1:{port}", retries=2, backoff=0.01, timeout=1).rank("q", ["a"])
