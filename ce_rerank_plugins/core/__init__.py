@@ -11,7 +11,9 @@ from ce_rerank_plugins.core.reranker import (
     PairClassification,
     Precision,
     RankedResult,
+    Reranker,
     check_rank_options,
+    select_results,
 )
 
 __all__ = [
@@ -24,7 +26,9 @@ __all__ = [
     "PairClassification",
     "Precision",
     "RankedResult",
+    "Reranker",
     "ScoreCache",
     "ScoreMode",
     "check_rank_options",
+    "select_results",
 ]

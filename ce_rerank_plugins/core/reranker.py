@@ -7,10 +7,10 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -130,6 +130,59 @@ def check_rank_options(top_n: object, score_threshold: object, min_keep: object,
         check_fusion("weighted", fusion_weight)
 
 
+def select_results(
+    scores: np.ndarray[Any, Any],
+    texts: Sequence[str] | None,
+    *,
+    top_n: int | None,
+    threshold: float | None,
+    min_keep: int,
+    fused: np.ndarray[Any, Any] | None = None,
+    first_stage: np.ndarray[Any, Any] | None = None,
+) -> list[RankedResult]:
+    """Order by the fused score (or ``scores``), stably; keep what passes ``threshold`` on ``scores``
+    or is among the best ``min_keep``; cap at ``top_n``. Shared by the local and the remote reranker."""
+    final: np.ndarray[Any, Any] = scores if fused is None else fused
+    order = np.argsort(-final, kind="stable")
+    if threshold is not None:
+        # The threshold is in the cross-encoder's score space; the best min_keep stay regardless.
+        order = np.asarray([i for pos, i in enumerate(order) if scores[i] >= threshold or pos < min_keep], int)
+    if top_n is not None:
+        order = order[:top_n]
+    return [
+        RankedResult(
+            int(i),
+            float(final[i]),
+            texts[int(i)] if texts is not None else None,
+            cross_encoder_score=float(scores[i]),
+            first_stage_score=None if first_stage is None else float(first_stage[i]),
+        )
+        for i in order
+    ]
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """What the adapters need of a reranker: the local :class:`CrossEncoderReranker` or a
+    :class:`~ce_rerank_plugins.serve.RemoteReranker`. ``rank`` / ``arank`` take the core's arguments
+    (``query, documents, top_n`` and the keyword options)."""
+
+    @property
+    def rank(self) -> Callable[..., list[RankedResult]]:
+        """Rank documents for a query, best first."""
+        ...
+
+    @property
+    def arank(self) -> Callable[..., Awaitable[list[RankedResult]]]:
+        """Async rank."""
+        ...
+
+    @property
+    def model_name(self) -> str:
+        """The model's name or path (for events and logs)."""
+        ...
+
+
 class CrossEncoderReranker:
     """Scores (query, passage) pairs jointly with a sentence-transformers ``CrossEncoder``.
 
@@ -238,6 +291,11 @@ class CrossEncoderReranker:
     def model(self) -> Any:
         """The shared sentence-transformers ``CrossEncoder`` (do not move or cast it)."""
         return self.engine.model
+
+    @property
+    def model_name(self) -> str:
+        """The model's normalised name or path."""
+        return self.key.model
 
     @property
     def num_labels(self) -> int:
@@ -404,23 +462,9 @@ class CrossEncoderReranker:
             raise ValueError(
                 f"this model classifies pairs into {list(self.labels)}; pass rank_label=... to rank by one label"
             )
-        final: np.ndarray[Any, Any] = scores if fused is None else fused
-        order = np.argsort(-final, kind="stable")
-        if threshold is not None:
-            # The threshold is in the cross-encoder's score space; the best min_keep stay regardless.
-            order = np.asarray([i for pos, i in enumerate(order) if scores[i] >= threshold or pos < min_keep], int)
-        if top_n is not None:
-            order = order[:top_n]
-        return [
-            RankedResult(
-                int(i),
-                float(final[i]),
-                texts[int(i)] if texts is not None else None,
-                cross_encoder_score=float(scores[i]),
-                first_stage_score=None if first_stage is None else float(first_stage[i]),
-            )
-            for i in order
-        ]
+        return select_results(
+            scores, texts, top_n=top_n, threshold=threshold, min_keep=min_keep, fused=fused, first_stage=first_stage
+        )
 
     def _resolve_fusion(self, fusion: object, weight: object) -> tuple[Fusion, float]:
         if fusion == "auto":

@@ -35,7 +35,7 @@ from ce_rerank_plugins.context import (  # noqa: E402
     chunk_from_metadata,
     with_unique_citations,
 )
-from ce_rerank_plugins.core import CrossEncoderReranker, RankedResult, check_rank_options  # noqa: E402
+from ce_rerank_plugins.core import RankedResult, Reranker, check_rank_options  # noqa: E402
 from ce_rerank_plugins.integrations._settings import build_reranker  # noqa: E402
 from ce_rerank_plugins.retrieval import FaissIndex, SearchHit  # noqa: E402
 
@@ -93,8 +93,11 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
     cross_encoder_score_key: str = Field(
         default="cross_encoder_score", description="Metadata key for the cross-encoder's own score."
     )
-    reranker: CrossEncoderReranker | None = Field(
-        default=None, exclude=True, description="An existing core reranker to use instead of the settings above."
+    reranker: Reranker | None = Field(
+        default=None,
+        exclude=True,
+        description="An existing reranker to use instead of the settings above: a core CrossEncoderReranker, "
+        "or a RemoteReranker to use a served model.",
     )
 
     @model_validator(mode="after")
@@ -113,7 +116,7 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
         return self
 
     @property
-    def core(self) -> CrossEncoderReranker:
+    def core(self) -> Reranker:
         """The shared core reranker."""
         if self.reranker is None:  # only if the validator was bypassed (e.g. model_construct)
             raise RuntimeError("CrossEncoderCompressor has no reranker; create it with its constructor")

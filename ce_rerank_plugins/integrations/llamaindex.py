@@ -32,7 +32,7 @@ from ce_rerank_plugins.context import (  # noqa: E402
     chunk_from_metadata,
     with_unique_citations,
 )
-from ce_rerank_plugins.core import CrossEncoderReranker, RankedResult, check_rank_options  # noqa: E402
+from ce_rerank_plugins.core import RankedResult, Reranker, check_rank_options  # noqa: E402
 from ce_rerank_plugins.integrations._settings import build_reranker  # noqa: E402
 from ce_rerank_plugins.retrieval import FaissIndex  # noqa: E402
 from ce_rerank_plugins.retrieval.faiss_index import RETRIEVAL_MODES, RetrievalMode  # noqa: E402
@@ -87,9 +87,9 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
     batch_size: int = Field(default=16, description="Pairs per forward pass.")
     trust_remote_code: bool = Field(default=False, description="Allow custom model code (off by default).")
 
-    _reranker: CrossEncoderReranker = PrivateAttr()
+    _reranker: Reranker = PrivateAttr()
 
-    def __init__(self, *, reranker: CrossEncoderReranker | None = None, **data: Any) -> None:
+    def __init__(self, *, reranker: Reranker | None = None, **data: Any) -> None:
         super().__init__(**data)
         check_rank_options(self.top_n, self.score_threshold, self.min_keep, self.fusion_weight)
         MetadataMode(self.metadata_mode)  # fails early on a bad mode
@@ -108,7 +108,7 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
         return "CrossEncoderNodePostprocessor"
 
     @property
-    def core(self) -> CrossEncoderReranker:
+    def core(self) -> Reranker:
         """The shared core reranker."""
         return self._reranker
 
@@ -146,7 +146,7 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
     def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> QueryBundle:
         dispatcher.event(
             ReRankStartEvent(
-                query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=self.core.key.model
+                query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=self.core.model_name
             )
         )
         if query_bundle is None:
@@ -156,7 +156,7 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
     def _payload(self, nodes: list[NodeWithScore], query_bundle: QueryBundle) -> dict[Any, Any]:
         return {
             EventPayload.NODES: nodes,
-            EventPayload.MODEL_NAME: self.core.key.model,
+            EventPayload.MODEL_NAME: self.core.model_name,
             EventPayload.QUERY_STR: query_bundle.query_str,
             EventPayload.TOP_K: self.top_n,
         }

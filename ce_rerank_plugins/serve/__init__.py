@@ -12,7 +12,20 @@ Needs the ``serve`` extra (``pip install 'ce-rerank-plugins[serve]'``). Run it w
 
 from __future__ import annotations
 
-from ce_rerank_plugins.serve._app import ServeLimits, create_app
+from typing import TYPE_CHECKING, Any
+
 from ce_rerank_plugins.serve._client import RemoteReranker, RemoteRerankError
 
+if TYPE_CHECKING:
+    from ce_rerank_plugins.serve._app import ServeLimits, create_app
+
 __all__ = ["RemoteRerankError", "RemoteReranker", "ServeLimits", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # The server needs FastAPI (the serve extra); the client only httpx. Import the server on use.
+    if name in ("ServeLimits", "create_app"):
+        from ce_rerank_plugins.serve import _app
+
+        return getattr(_app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

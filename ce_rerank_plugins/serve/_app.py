@@ -147,7 +147,9 @@ def create_app(
             if len(text) > limits.max_document_chars:
                 return error(413, f"documents[{i}] has {len(text)} characters, more than {limits.max_document_chars}")
         try:
-            ranked = await asyncio.to_thread(model.rank, body.query, texts, body.top_n)
+            # Plain cross-encoder scores, the meaning every rerank API gives relevance_score; a client
+            # fuses with its own first-stage scores (RemoteReranker does).
+            ranked = await asyncio.to_thread(model.rank, body.query, texts, body.top_n, fusion="none")
         except (TypeError, ValueError) as exc:
             return error(422, str(exc))
         results = []

@@ -11,7 +11,8 @@ import numpy as np
 
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins._validation import check_sequence, check_text
-from ce_rerank_plugins.core import RankedResult, check_rank_options
+from ce_rerank_plugins.core import RankedResult, check_rank_options, select_results
+from ce_rerank_plugins.core._fusion import Fusion, check_first_stage, check_fusion, fuse_scores
 from ce_rerank_plugins.errors import CERerankError
 
 #: Status codes worth another try: the server is loading, overloaded or restarting.
@@ -62,15 +63,26 @@ class RemoteReranker:
         self.retries = retries
         self.backoff = backoff
 
-    def _payload(self, query: str, documents: Sequence[str], top_n: int | None) -> dict[str, Any]:
-        payload: dict[str, Any] = {"query": query, "documents": list(documents), "top_n": top_n}
+    def _payload(self, query: str, documents: Sequence[str]) -> dict[str, Any]:
+        # Every score is fetched: top_n, thresholds and fusion are applied here, exactly as the core does.
+        payload: dict[str, Any] = {"query": query, "documents": list(documents)}
         if self.model is not None:
             payload["model"] = self.model
         return payload
 
-    def _results(self, response: Any) -> list[RankedResult]:
-        body = response.json()
-        return [RankedResult(int(r["index"]), float(r["relevance_score"])) for r in body["results"]]
+    @staticmethod
+    def _scores(response: Any, n: int) -> np.ndarray[Any, Any]:
+        scores = np.full(n, np.nan, dtype=np.float64)
+        for r in response.json()["results"]:
+            scores[int(r["index"])] = float(r["relevance_score"])
+        if np.isnan(scores).any():
+            raise RemoteRerankError(f"the server returned {int((~np.isnan(scores)).sum())} scores for {n} documents")
+        return scores
+
+    @property
+    def model_name(self) -> str:
+        """The model asked for, or the server's URL."""
+        return self.model or self.url
 
     def _refused(self, response: Any) -> RemoteRerankError:
         try:
@@ -79,12 +91,28 @@ class RemoteReranker:
             message = response.text[:200]
         return RemoteRerankError(f"{self.url} answered {response.status_code}: {message}")
 
-    def rank(self, query: str, documents: Sequence[str], top_n: int | None = None) -> list[RankedResult]:
-        """Rank ``documents`` for ``query`` on the server; the same results as the core's ``rank``."""
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None = None,
+        *,
+        return_documents: bool = False,
+        score_threshold: float | None = None,
+        min_keep: int = 0,
+        first_stage_scores: Sequence[float] | None = None,
+        fusion: Fusion = "none",
+        fusion_weight: float = 0.5,
+    ) -> list[RankedResult]:
+        """Rank ``documents`` for ``query`` on the server; the options mean what they mean in the core's ``rank``."""
         docs = _checked(query, documents, top_n)
+        check_rank_options(top_n, score_threshold, min_keep, fusion_weight)
+        method, weight = check_fusion(fusion, fusion_weight)
+        first = check_first_stage(first_stage_scores, len(docs))
         if not docs:
             return []
-        payload = self._payload(query, docs, top_n)
+        options = (top_n, return_documents, score_threshold, min_keep, first, method, weight)
+        payload = self._payload(query, docs)
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
@@ -94,19 +122,35 @@ class RemoteReranker:
                     raise RemoteRerankError(f"cannot reach {self.url} after {attempt + 1} attempts: {exc}") from exc
             else:
                 if response.status_code == 200:
-                    return self._results(response)
+                    return self._select(self._scores(response, len(docs)), docs, options)
                 if response.status_code not in RETRY_STATUSES or attempt == self.retries:
                     raise self._refused(response)
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def arank(self, query: str, documents: Sequence[str], top_n: int | None = None) -> list[RankedResult]:
+    async def arank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None = None,
+        *,
+        return_documents: bool = False,
+        score_threshold: float | None = None,
+        min_keep: int = 0,
+        first_stage_scores: Sequence[float] | None = None,
+        fusion: Fusion = "none",
+        fusion_weight: float = 0.5,
+    ) -> list[RankedResult]:
         """Async :meth:`rank` (httpx's async client), retried the same way."""
         docs = _checked(query, documents, top_n)
+        check_rank_options(top_n, score_threshold, min_keep, fusion_weight)
+        method, weight = check_fusion(fusion, fusion_weight)
+        first = check_first_stage(first_stage_scores, len(docs))
         if not docs:
             return []
-        payload = self._payload(query, docs, top_n)
+        options = (top_n, return_documents, score_threshold, min_keep, first, method, weight)
+        payload = self._payload(query, docs)
         delay = self.backoff
         async with self._httpx.AsyncClient(timeout=self.timeout) as client:
             for attempt in range(self.retries + 1):
@@ -118,12 +162,25 @@ class RemoteReranker:
                         raise RemoteRerankError(message) from exc
                 else:
                     if response.status_code == 200:
-                        return self._results(response)
+                        return self._select(self._scores(response, len(docs)), docs, options)
                     if response.status_code not in RETRY_STATUSES or attempt == self.retries:
                         raise self._refused(response)
                 await asyncio.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _select(scores: np.ndarray[Any, Any], docs: list[str], options: tuple[Any, ...]) -> list[RankedResult]:
+        top_n, return_documents, threshold, min_keep, first, method, weight = options
+        return select_results(
+            scores,
+            docs if return_documents else None,
+            top_n=top_n,
+            threshold=threshold,
+            min_keep=min_keep,
+            fused=None if method == "none" else fuse_scores(scores, first, fusion=method, weight=weight),
+            first_stage=first,
+        )
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray[Any, Any]:
         """Scores of (query, passage) pairs, one request per distinct query, in input order."""

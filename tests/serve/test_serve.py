@@ -166,3 +166,27 @@ def test_an_unreachable_server_is_a_clear_error_after_the_retries():
     port = _free_port()
     with pytest.raises(RemoteRerankError, match=r"cannot reach http://127.0.0.1:\d+ after 3 attempts"):
         RemoteReranker(f"http://127.0.0.1:{port}", retries=2, backoff=0.01, timeout=1).rank("q", ["a"])
+
+
+def test_the_adapters_take_a_remote_reranker_in_place_of_the_local_model(server, reranker, tiny_ce_path):
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from ce_rerank_plugins.integrations.langchain import CrossEncoderCompressor
+    from ce_rerank_plugins.integrations.llamaindex import CrossEncoderNodePostprocessor
+
+    remote = RemoteReranker(server.url)
+    docs = [Document(page_content=t, metadata={"retrieval_score": 1.0 - i / 10}) for i, t in enumerate(DOCS)]
+    for fusion in ("none", "weighted"):
+        local = CrossEncoderCompressor(reranker=reranker, top_n=3, fusion=fusion).compress_documents(docs, QUERY)
+        served = CrossEncoderCompressor(reranker=remote, top_n=3, fusion=fusion).compress_documents(docs, QUERY)
+        assert [d.page_content for d in served] == [d.page_content for d in local]
+        assert [d.metadata["relevance_score"] for d in served] == pytest.approx(
+            [d.metadata["relevance_score"] for d in local], abs=1e-5
+        )
+    nodes = [NodeWithScore(node=TextNode(text=t), score=1.0 - i / 10) for i, t in enumerate(DOCS)]
+    local_nodes = CrossEncoderNodePostprocessor(reranker=reranker, top_n=2).postprocess_nodes(nodes, query_str=QUERY)
+    served_nodes = CrossEncoderNodePostprocessor(reranker=remote, top_n=2).postprocess_nodes(nodes, query_str=QUERY)
+    assert [n.node.get_content() for n in served_nodes] == [n.node.get_content() for n in local_nodes]
+    with pytest.raises(ValueError, match="Input should be an instance of Reranker"):
+        CrossEncoderCompressor(reranker="http://not-a-reranker")
