@@ -145,9 +145,7 @@ def main() -> None:
 
     results["uvicorn, 1 process (httpx keep-alive clients)"] = run(load, over_http)
     remote = RemoteReranker(url)
-    results["uvicorn via RemoteReranker (a connection per request)"] = run(
-        load, lambda q, d: remote.rank(q, d, top_n=5)
-    )
+    results["uvicorn via RemoteReranker (pooled connections)"] = run(load, lambda q, d: remote.rank(q, d, top_n=5))
     server.should_exit = True
     thread.join(10)
 

@@ -62,6 +62,18 @@ class RemoteReranker:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        # One pooled client (thread-safe), so connections are kept alive between calls.
+        self._client = self._httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._client.close()
+
+    def __enter__(self) -> RemoteReranker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _payload(self, query: str, documents: Sequence[str]) -> dict[str, Any]:
         # Every score is fetched: top_n, thresholds and fusion are applied here, exactly as the core does.
@@ -116,7 +128,7 @@ class RemoteReranker:
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                response = self._httpx.post(f"{self.url}/v1/rerank", json=payload, timeout=self.timeout)
+                response = self._client.post(f"{self.url}/v1/rerank", json=payload)
             except self._httpx.TransportError as exc:
                 if attempt == self.retries:
                     raise RemoteRerankError(f"cannot reach {self.url} after {attempt + 1} attempts: {exc}") from exc
