@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,35 @@ def _checked(query: object, documents: object, top_n: object) -> list[str]:
     docs = [check_text(d, f"documents[{i}]") for i, d in enumerate(check_sequence(documents, "documents"))]
     check_rank_options(top_n, None, 0)
     return docs
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a rank call turns the server's plain scores into results (the core's own selection)."""
+
+    top_n: int | None
+    return_documents: bool
+    threshold: float | None
+    min_keep: int
+    first_stage: np.ndarray[Any, Any] | None
+    fusion: Fusion
+    weight: float
+
+    def select(self, scores: np.ndarray[Any, Any], docs: list[str]) -> list[RankedResult]:
+        fused = (
+            None
+            if self.fusion == "none"
+            else fuse_scores(scores, self.first_stage, fusion=self.fusion, weight=self.weight)
+        )
+        return select_results(
+            scores,
+            docs if self.return_documents else None,
+            top_n=self.top_n,
+            threshold=self.threshold,
+            min_keep=self.min_keep,
+            fused=fused,
+            first_stage=self.first_stage,
+        )
 
 
 class RemoteRerankError(CERerankError):
@@ -103,6 +133,35 @@ class RemoteReranker:
             message = response.text[:200]
         return RemoteRerankError(f"{self.url} answered {response.status_code}: {message}")
 
+    def _request(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_n: int | None,
+        options: dict[str, Any],
+    ) -> tuple[list[str], _Plan]:
+        """Validate a rank call before any network use; what the reply will be turned into."""
+        docs = _checked(query, documents, top_n)
+        check_rank_options(top_n, options["score_threshold"], options["min_keep"], options["fusion_weight"])
+        method, weight = check_fusion(options["fusion"], options["fusion_weight"])
+        first = check_first_stage(options["first_stage_scores"], len(docs))
+        plan = _Plan(
+            top_n, options["return_documents"], options["score_threshold"], options["min_keep"], first, method, weight
+        )
+        return docs, plan
+
+    def _answer(self, response: Any, docs: list[str], plan: _Plan, attempt: int) -> list[RankedResult] | None:
+        """The results of a reply, None to retry it, or the refusal raised."""
+        if response.status_code == 200:
+            return plan.select(self._scores(response, len(docs)), docs)
+        if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+            raise self._refused(response)
+        return None
+
+    def _unreachable(self, attempt: int, exc: Exception) -> None:
+        if attempt == self.retries:
+            raise RemoteRerankError(f"cannot reach {self.url} after {attempt + 1} attempts: {exc}") from exc
+
     def rank(
         self,
         query: str,
@@ -117,26 +176,20 @@ class RemoteReranker:
         fusion_weight: float = 0.5,
     ) -> list[RankedResult]:
         """Rank ``documents`` for ``query`` on the server; the options mean what they mean in the core's ``rank``."""
-        docs = _checked(query, documents, top_n)
-        check_rank_options(top_n, score_threshold, min_keep, fusion_weight)
-        method, weight = check_fusion(fusion, fusion_weight)
-        first = check_first_stage(first_stage_scores, len(docs))
+        options = {k: v for k, v in locals().items() if k not in ("self", "query", "documents", "top_n")}  # the kwargs
+        docs, plan = self._request(query, documents, top_n, options)
         if not docs:
             return []
-        options = (top_n, return_documents, score_threshold, min_keep, first, method, weight)
-        payload = self._payload(query, docs)
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                response = self._client.post(f"{self.url}/v1/rerank", json=payload)
+                response = self._client.post(f"{self.url}/v1/rerank", json=self._payload(query, docs))
             except self._httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise RemoteRerankError(f"cannot reach {self.url} after {attempt + 1} attempts: {exc}") from exc
+                self._unreachable(attempt, exc)
             else:
-                if response.status_code == 200:
-                    return self._select(self._scores(response, len(docs)), docs, options)
-                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
-                    raise self._refused(response)
+                answer = self._answer(response, docs, plan, attempt)
+                if answer is not None:
+                    return answer
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
@@ -155,44 +208,24 @@ class RemoteReranker:
         fusion_weight: float = 0.5,
     ) -> list[RankedResult]:
         """Async :meth:`rank` (httpx's async client), retried the same way."""
-        docs = _checked(query, documents, top_n)
-        check_rank_options(top_n, score_threshold, min_keep, fusion_weight)
-        method, weight = check_fusion(fusion, fusion_weight)
-        first = check_first_stage(first_stage_scores, len(docs))
+        options = {k: v for k, v in locals().items() if k not in ("self", "query", "documents", "top_n")}  # the kwargs
+        docs, plan = self._request(query, documents, top_n, options)
         if not docs:
             return []
-        options = (top_n, return_documents, score_threshold, min_keep, first, method, weight)
-        payload = self._payload(query, docs)
         delay = self.backoff
         async with self._httpx.AsyncClient(timeout=self.timeout) as client:
             for attempt in range(self.retries + 1):
                 try:
-                    response = await client.post(f"{self.url}/v1/rerank", json=payload)
+                    response = await client.post(f"{self.url}/v1/rerank", json=self._payload(query, docs))
                 except self._httpx.TransportError as exc:
-                    if attempt == self.retries:
-                        message = f"cannot reach {self.url} after {attempt + 1} attempts: {exc}"
-                        raise RemoteRerankError(message) from exc
+                    self._unreachable(attempt, exc)
                 else:
-                    if response.status_code == 200:
-                        return self._select(self._scores(response, len(docs)), docs, options)
-                    if response.status_code not in RETRY_STATUSES or attempt == self.retries:
-                        raise self._refused(response)
+                    answer = self._answer(response, docs, plan, attempt)
+                    if answer is not None:
+                        return answer
                 await asyncio.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
-
-    @staticmethod
-    def _select(scores: np.ndarray[Any, Any], docs: list[str], options: tuple[Any, ...]) -> list[RankedResult]:
-        top_n, return_documents, threshold, min_keep, first, method, weight = options
-        return select_results(
-            scores,
-            docs if return_documents else None,
-            top_n=top_n,
-            threshold=threshold,
-            min_keep=min_keep,
-            fused=None if method == "none" else fuse_scores(scores, first, fusion=method, weight=weight),
-            first_stage=first,
-        )
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray[Any, Any]:
         """Scores of (query, passage) pairs, one request per distinct query, in input order."""
