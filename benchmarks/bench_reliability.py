@@ -28,7 +28,16 @@ sys.path.insert(0, str(REPO))
 
 from ce_rerank_plugins import IndexFormatError  # noqa: E402
 from ce_rerank_plugins.retrieval import Embedder, FaissIndex, _persistence  # noqa: E402
-from tests.reliability._faults import fork_saver_loop, kill, kill_at_random, two_indexes, which  # noqa: E402
+from tests.reliability._faults import (  # noqa: E402
+    DAMAGES,
+    SAVED_FILES,
+    damage_file,
+    fork_saver_loop,
+    kill,
+    kill_at_random,
+    two_indexes,
+    which,
+)
 
 
 def outcome(directory: Path, embedder: Embedder, a: FaissIndex, b: FaissIndex) -> str:
@@ -72,21 +81,10 @@ def main() -> None:
         rows.append(("load while another process saves", sum(raced.values()), raced))
 
         damaged: dict[str, int] = {}
-        for name in ("CURRENT", "manifest.json", "index.faiss", "documents.jsonl"):
-            for damage in ("truncate", "flip", "delete", "empty"):
+        for name in SAVED_FILES:
+            for damage in DAMAGES:
                 a.save(directory)
-                gen = directory / (directory / "CURRENT").read_text().strip()
-                path = directory / name if name == "CURRENT" else gen / name
-                data = path.read_bytes()
-                if damage == "truncate":
-                    path.write_bytes(data[: len(data) // 2])
-                elif damage == "flip":
-                    i = len(data) // 3
-                    path.write_bytes(data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :])
-                elif damage == "delete":
-                    path.unlink()
-                else:
-                    path.write_bytes(b"")
+                damage_file(directory, name, damage)
                 try:
                     FaissIndex.load(directory, embedder=embedder)
                     key = "loaded (undetected)"

@@ -58,3 +58,25 @@ def kill_at_random(directory: Path, a: FaissIndex, b: FaissIndex, rng: random.Ra
     pid = fork_saver_loop(directory, a, b)
     time.sleep(rng.uniform(0.0, 0.25))
     kill(pid)
+
+
+SAVED_FILES = ("CURRENT", "manifest.json", "index.faiss", "documents.jsonl")
+DAMAGES = ("truncate", "flip", "delete", "empty")
+
+
+def damage_file(directory: Path, name: str, how: str) -> None:
+    """Damage one file of a saved index's live generation (or ``CURRENT``) in one of four ways."""
+    live = directory / (directory / "CURRENT").read_text().strip()
+    path = directory / name if name == "CURRENT" else live / name
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "flip":
+        i = len(data) // 3
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :])
+    elif how == "delete":
+        path.unlink()
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        raise ValueError(f"unknown damage {how!r}")

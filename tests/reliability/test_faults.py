@@ -15,7 +15,7 @@ import pytest
 from ce_rerank_plugins import IndexFormatError
 from ce_rerank_plugins.retrieval import Embedder, FaissIndex, _persistence
 
-from ._faults import fork_saver_loop, kill, kill_at_random, two_indexes, which
+from ._faults import DAMAGES, SAVED_FILES, damage_file, fork_saver_loop, kill, kill_at_random, two_indexes, which
 
 KILL_TRIALS = int(os.environ.get("CE_RERANK_KILL_TRIALS", "12"))
 RACE_SECONDS = float(os.environ.get("CE_RERANK_RACE_SECONDS", "3"))
@@ -116,22 +116,12 @@ def test_loads_racing_saves_in_another_process_never_mix(tmp_path, embedder, ind
     assert seen["A"] and seen["B"], f"the race never saw both versions: {seen}"
 
 
-@pytest.mark.parametrize("name", ["CURRENT", "manifest.json", "index.faiss", "documents.jsonl"])
-@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "empty"])
+@pytest.mark.parametrize("name", SAVED_FILES)
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_every_damaged_file_is_detected(tmp_path, embedder, indexes, name, damage):
     a, _ = indexes
     directory = a.save(tmp_path / "ix")
-    path = directory / name if name == "CURRENT" else directory / (directory / "CURRENT").read_text().strip() / name
-    data = path.read_bytes()
-    if damage == "truncate":
-        path.write_bytes(data[: len(data) // 2])
-    elif damage == "flip":
-        i = len(data) // 3
-        path.write_bytes(data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :])
-    elif damage == "delete":
-        path.unlink()
-    else:
-        path.write_bytes(b"")
+    damage_file(directory, name, damage)
     with pytest.raises(IndexFormatError):
         FaissIndex.load(directory, embedder=embedder)
 
