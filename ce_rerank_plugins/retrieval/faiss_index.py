@@ -348,10 +348,11 @@ class FaissIndex:
         An id given twice is removed once. KeyError names any unknown id (nothing is removed then);
         a bare string is a TypeError (it would be read as one id per character).
         """
-        wanted = list(dict.fromkeys(check_sequence(ids, "ids")))
-        for i, doc_id in enumerate(wanted):
+        given = check_sequence(ids, "ids")
+        for i, doc_id in enumerate(given):
             if not isinstance(doc_id, str):
                 raise TypeError(f"ids[{i}] must be a string, got {type(doc_id).__name__}")
+        wanted = list(dict.fromkeys(given))
         with self._lock:
             self._delete_locked(wanted)
 

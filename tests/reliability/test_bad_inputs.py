@@ -83,6 +83,7 @@ INDEX = [
     ("add_documents: dup", lambda ix: ix.add_documents([Document("x", "a")] * 2), ValueError, "duplicate document id"),
     ("delete: bare string", lambda ix: ix.delete("lyon-00"), TypeError, "ids must be a list"),
     ("delete: unknown", lambda ix: ix.delete(["nope"]), KeyError, "unknown document ids"),
+    ("delete: a list as an id", lambda ix: ix.delete([["lyon-00"]]), TypeError, r"ids\[0\] must be a string"),
     ("search: k 0", lambda ix: ix.search("q", k=0), ValueError, "k must be a positive integer"),
     ("search: k 1.5", lambda ix: ix.search("q", k=1.5), ValueError, "k must be a positive integer"),
     ("search: where str", lambda ix: ix.search("q", where="a.md"), TypeError, "where must be a dict"),
