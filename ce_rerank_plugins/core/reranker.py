@@ -380,8 +380,12 @@ class CrossEncoderReranker:
         first = check_first_stage(first_stage_scores, len(docs))
         if not docs:
             return []
+        if self.rank_column < 0:  # checked before the model runs
+            raise ValueError(
+                f"this model classifies pairs into {list(self.labels)}; pass rank_label=... to rank by one label"
+            )
         scores = apply_score_mode(self._logits([(query, d) for d in docs]), mode)[:, self.rank_column]
-        return self._select(
+        return select_results(
             scores,
             docs if return_documents else None,
             top_n=top_n,
@@ -446,25 +450,6 @@ class CrossEncoderReranker:
         if isinstance(rank_label, str) and rank_label in self.engine.labels:
             return self.engine.labels.index(rank_label)
         raise ValueError(f"rank_label must be one of {list(self.engine.labels)} or an index, got {rank_label!r}")
-
-    def _select(
-        self,
-        scores: FloatArray,
-        texts: list[str] | None,
-        *,
-        top_n: int | None,
-        threshold: float | None,
-        min_keep: int,
-        fused: np.ndarray[Any, Any] | None = None,
-        first_stage: np.ndarray[Any, Any] | None = None,
-    ) -> list[RankedResult]:
-        if self.rank_column < 0:
-            raise ValueError(
-                f"this model classifies pairs into {list(self.labels)}; pass rank_label=... to rank by one label"
-            )
-        return select_results(
-            scores, texts, top_n=top_n, threshold=threshold, min_keep=min_keep, fused=fused, first_stage=first_stage
-        )
 
     def _resolve_fusion(self, fusion: object, weight: object) -> tuple[Fusion, float]:
         if fusion == "auto":
