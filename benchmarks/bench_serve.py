@@ -1,8 +1,10 @@
-"""Serving throughput on loopback: the same load in-process and through the HTTP server (uvicorn).
+"""Serving throughput on loopback: the same load in-process, through uvicorn, and through Ray Serve.
 
 16 concurrent clients x 200 requests of 20-100 candidates each (by default), loopback only, bounded
-in count. Records requests/s, p50/p95/p99 latency and the error count per configuration, prints a
-table and writes JSON. Ray Serve is not measured yet (see the README's "Scaling out").
+in count. Records requests/s, p50/p95/p99 latency and the error count per configuration: in-process,
+uvicorn (raw httpx and RemoteReranker), Ray Serve with 1 replica (2 CPUs) and 2 replicas (1 CPU each).
+Then Ray Data embedding throughput (2 actors x 1 CPU) against single-process ``encode`` on the same
+texts, in the same run. Prints a table and writes JSON.
 
 The default model is a small BERT cross-encoder built on disk (as the tests do), so the figures show
 the serving overhead (HTTP, JSON, threads) rather than model compute; ``--model PATH`` uses another.
@@ -110,6 +112,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="per client")
     parser.add_argument("--model", default=None)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve.json")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "msmarco" / "corpus.jsonl",
+        help="JSONL with 'text' for the embedding comparison (the sample corpus, repeated, if absent)",
+    )
+    parser.add_argument("--embed-texts", type=int, default=2000)
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Serve and Ray Data rows")
     args = parser.parse_args()
     import httpx
     import uvicorn
@@ -148,6 +158,10 @@ def main() -> None:
     results["uvicorn via RemoteReranker (pooled connections)"] = run(load, lambda q, d: remote.rank(q, d, top_n=5))
     server.should_exit = True
     thread.join(10)
+    embedding: dict[str, object] = {}
+    if not args.no_ray:
+        results.update(ray_serve_rows(model, load))
+        embedding = ray_data_embedding(args.corpus, args.embed_texts)
 
     record = {
         "model": "tiny 2-layer BERT built on disk" if args.model is None else args.model,
@@ -156,6 +170,7 @@ def main() -> None:
         "candidates_per_request": "20-100",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
         "results": results,
+        "embedding": embedding,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
@@ -164,7 +179,95 @@ def main() -> None:
         print(
             f"{name:<56} {r['requests_per_s']:>8} {r['p50_ms']:>8} {r['p95_ms']:>8} {r['p99_ms']:>8} {r['errors']:>7}"
         )
+    if embedding:
+        print(f"\n{'embedding ' + str(embedding['texts']) + ' texts':<56} {'texts/s':>8} {'seconds':>8} {'ratio':>8}")
+        for name, r in embedding["results"].items():  # type: ignore[union-attr]
+            print(f"{name:<56} {r['texts_per_s']:>8} {r['seconds']:>8} {r['ratio']:>8}")
+        print(f"max |ray - single-process| = {embedding['max_abs_diff']:.2e}")
     print(f"wrote {args.out}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_serve_rows(model: str, load: list[list[tuple[str, list[str]]]]) -> dict[str, dict[str, float]]:
+    """The same load through Ray Serve's HTTP proxy, with 1 replica of 2 CPUs and 2 replicas of 1 CPU."""
+    import httpx
+    from ray import serve
+
+    from ce_rerank_plugins import ray_data
+    from ce_rerank_plugins.serve._ray import APP_NAME, RayServeSettings, ray_application, run_on_ray
+
+    ray_data.connect(num_cpus=os.cpu_count() or 2)
+    rows = {}
+    cpus = float(os.cpu_count() or 2)
+    port = _free_port()
+    for replicas in (1, 2):
+        settings = RayServeSettings(replicas=replicas, cpus_per_replica=cpus / replicas, max_ongoing_requests=64)
+        run_on_ray(ray_application(model, settings=settings), port=port)
+        url = f"http://127.0.0.1:{port}"
+        local = threading.local()
+
+        def over_ray(query: str, docs: list[str], url: str = url, local: threading.local = local) -> object:
+            if not hasattr(local, "client"):
+                local.client = httpx.Client(timeout=60)
+            response = local.client.post(f"{url}/v1/rerank", json={"query": query, "documents": docs, "top_n": 5})
+            response.raise_for_status()
+            return response.json()
+
+        label = f"Ray Serve, {replicas} replica{'s' if replicas > 1 else ''} x {cpus / replicas:g} CPU (httpx clients)"
+        rows[label] = run(load, over_ray)
+        serve.delete(APP_NAME)
+    serve.shutdown()
+    return rows
+
+
+def ray_data_embedding(corpus: Path, n: int) -> dict[str, object]:
+    """Ray Data (2 actors x 1 CPU, actor start included) against one process's encode, same texts."""
+    import numpy as np
+
+    from ce_rerank_plugins import ray_data
+    from ce_rerank_plugins.retrieval import Embedder
+
+    if corpus.is_file():
+        with corpus.open(encoding="utf-8") as f:
+            texts = [json.loads(line)["text"] for _, line in zip(range(n), f, strict=False)]
+        source = str(corpus.relative_to(REPO.parent)) if corpus.is_relative_to(REPO.parent) else str(corpus)
+    else:
+        sample = REPO / "ce_rerank_plugins" / "data" / "sample_corpus.jsonl"
+        base = [json.loads(line)["text"] for line in sample.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [f"{t} ({i})" for i, t in enumerate(base * (n // len(base) + 1))][:n]
+        source = "bundled sample corpus, repeated"
+    embedder = Embedder()
+    embedder.encode(texts[:32])  # warm: the single-process path is timed without its load
+    start = time.perf_counter()
+    single = embedder.encode(texts, show_progress=False)
+    single_s = time.perf_counter() - start
+    start = time.perf_counter()
+    distributed = ray_data.embed_texts(texts, actors=2, cpus_per_actor=1.0)
+    ray_s = time.perf_counter() - start
+    return {
+        "texts": len(texts),
+        "source": source,
+        "max_abs_diff": float(np.abs(single - distributed).max()),
+        "results": {
+            "single process encode (torch default threads)": {
+                "seconds": round(single_s, 2),
+                "texts_per_s": round(len(texts) / single_s, 1),
+                "ratio": 1.0,
+            },
+            "Ray Data, 2 actors x 1 CPU (actor start and model load included)": {
+                "seconds": round(ray_s, 2),
+                "texts_per_s": round(len(texts) / ray_s, 1),
+                "ratio": round(single_s / ray_s, 2),
+            },
+        },
+    }
 
 
 if __name__ == "__main__":

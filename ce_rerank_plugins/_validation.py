@@ -15,7 +15,8 @@ def check_text(value: object, where: str) -> str:
     reported with its position instead of failing deep inside the tokenizer.
     """
     if not isinstance(value, str):
-        raise TypeError(f"{where} must be a string, got {type(value).__name__} ({value!r:.60})")
+        msg = f"{where} must be a string, got {type(value).__name__} ({value!r:.60})"
+        raise TypeError(msg)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -30,7 +31,9 @@ def check_text(value: object, where: str) -> str:
 def check_sequence(value: object, name: str) -> list[Any]:
     """``value`` as a list, refusing a bare string (which would be split into characters) and non-sequences."""
     if isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a list, not a single {type(value).__name__}; wrap it: [{value!r:.40}]")
+        msg = f"{name} must be a list, not a single {type(value).__name__}; wrap it: [{value!r:.40}]"
+        raise TypeError(msg)
     if isinstance(value, Mapping) or not isinstance(value, Iterable):
-        raise TypeError(f"{name} must be a list, got {type(value).__name__}")
+        msg = f"{name} must be a list, got {type(value).__name__}"
+        raise TypeError(msg)
     return list(value)

@@ -44,6 +44,16 @@ EmbedderOpt = Annotated[
 ]
 
 
+def note(message: str) -> None:
+    """A status line (what was written, what was skipped); ``--quiet`` hides it, results stay."""
+    if not _OUTPUT["quiet"]:
+        err_console.print(message, highlight=False, soft_wrap=True)
+
+
+#: Output settings of this invocation, set by the global options.
+_OUTPUT = {"quiet": False}
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print a one-line error and exit with ``code``."""
     err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
@@ -71,14 +81,21 @@ def _user_errors(func: F) -> F:
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only results and errors: no status lines, warnings or bars.")
+    ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    if verbose and quiet:
+        fail("--verbose and --quiet exclude each other", 2)
+    _OUTPUT["quiet"] = quiet
+    level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not verbose:  # third-party load reports and weight-loading bars only with --verbose
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if quiet:  # our own embedding bars too (tqdm honours TQDM_DISABLE)
+        os.environ["TQDM_DISABLE"] = "1"
 
 
 @app.command()
@@ -125,27 +142,27 @@ def pairs(
         dataset = load_beir(directory, split)
         index = index_for(directory, dataset.corpus)
         made = beir_training_pairs(dataset, index, depth=depth, num_negatives=negatives, skip_top=skip_top, seed=seed)
-        console.print(f"{directory}: {len(made)} pairs from {len(dataset.queries)} {split} queries")
+        note(f"{directory}: {len(made)} pairs from {len(dataset.queries)} {split} queries")
         collected += made
     for directory in inverse_cloze or []:
-        from ce_rerank_plugins.evaluation.beir import _read_jsonl
+        from ce_rerank_plugins.evaluation.beir import read_jsonl
 
         corpus = {
             str(r["_id"]): {"title": str(r.get("title") or ""), "text": str(r.get("text") or "")}
-            for r in _read_jsonl(Path(directory) / "corpus.jsonl")
+            for r in read_jsonl(Path(directory) / "corpus.jsonl")
         }
         index = index_for(directory, corpus)
         made = inverse_cloze_pairs(corpus, index, depth=depth, num_negatives=negatives, seed=seed)
-        console.print(f"{directory}: {len(made)} inverse-cloze pairs")
+        note(f"{directory}: {len(made)} inverse-cloze pairs")
         collected += made
     if climate_fever is not None:
         made = climate_fever_pairs(climate_fever)
-        console.print(f"{climate_fever}: {len(made)} claim/evidence pairs")
+        note(f"{climate_fever}: {len(made)} claim/evidence pairs")
         collected += made
     if not collected:
         fail("nothing to do: give --beir, --inverse-cloze and/or --climate-fever", 2)
     count = write_pairs(collected, out)
-    console.print(f"wrote {count} pairs to {out}")
+    note(f"wrote {count} pairs to {out}")
 
 
 def _index_corpus(corpus: dict[str, dict[str, str]], embedder: str | None) -> Any:
@@ -226,7 +243,7 @@ def train(
         labels=labels.split(",") if labels else None,
         device=device,
     )
-    console.print(f"training on {len(collected)} pairs from {base}")
+    note(f"training on {len(collected)} pairs from {base}")
     result = train_cross_encoder(collected, config)
     record = {
         "config": config_to_dict(config),
@@ -257,12 +274,19 @@ def index(
         str, typer.Option(help="Default retrieval mode: dense | bm25 | hybrid (BM25 implies --lexical).")
     ] = "dense",
     embedder: EmbedderOpt = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Embed on Ray Data over a pool of actors (the ray extra).")
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option(help="With --ray: an existing Ray cluster ('auto', 'ray://head:10001').")
+    ] = None,
+    actors: Annotated[int, typer.Option(help="With --ray: embedding actors, one bi-encoder each.")] = 2,
 ) -> None:
     """Read, chunk and embed documents, then save a FAISS index (no pickle).
 
     The output folder is never read as input, and a save never deletes files it did not write.
     """
-    from ce_rerank_plugins.retrieval._persistence import check_save_target
+    from ce_rerank_plugins.retrieval import check_save_target
     from ce_rerank_plugins.retrieval.ingest import build_index_from_files
 
     if index_type not in ("flat", "hnsw", "ivf"):
@@ -270,7 +294,20 @@ def index(
     if chunk_tokens < 1 or not 0 <= overlap < chunk_tokens:
         fail(f"need --chunk-tokens >= 1 and 0 <= --overlap < --chunk-tokens, got {chunk_tokens} and {overlap}", 2)
     _check_mode(mode)
+    if actors < 1:
+        fail(f"--actors must be >= 1, got {actors}", 2)
+    if address and not ray:
+        fail("--address is for --ray", 2)
     check_save_target(out)  # before any embedding work
+    encode = None
+    if ray:
+        from ce_rerank_plugins import ray_data
+
+        ray_data.connect(address)
+
+        def encode(texts: list[str]) -> Any:
+            return ray_data.embed_texts(texts, embedder, actors=actors)
+
     built, found = build_index_from_files(
         paths,
         embedder=embedder,
@@ -280,12 +317,13 @@ def index(
         exclude=[out],
         lexical=lexical or mode != "dense",
         mode=mode,
+        encode=encode,
     )
     built.save(out)
-    console.print(f"indexed {len(built)} chunks from {len(found.files)} files into {out}")
+    note(f"indexed {len(built)} chunks from {len(found.files)} files into {out}")
     if found.skipped:
         listed = ", ".join(f"{n} {suffix}" for suffix, n in sorted(found.skipped.items()))
-        err_console.print(f"[yellow]not read (unsupported file types):[/yellow] {listed}", highlight=False)
+        note(f"[yellow]not read (unsupported file types):[/yellow] {listed}")
 
 
 def _check_mode(mode: str) -> None:
@@ -300,8 +338,7 @@ def _check_precision(precision: str) -> None:
 
 
 def _reranker(model: str | None, precision: str = "auto") -> Any:
-    from ce_rerank_plugins.core import CrossEncoderReranker
-    from ce_rerank_plugins.core._loading import default_model
+    from ce_rerank_plugins.core import CrossEncoderReranker, default_model
 
     return CrossEncoderReranker(model or default_model(), precision=precision)  # type: ignore[arg-type]
 
@@ -326,6 +363,10 @@ def query(
         str | None, typer.Option(help="Retrieval mode: dense | bm25 | hybrid (default: the index's).")
     ] = None,
     model: ModelOpt = None,
+    embedder: Annotated[
+        str | None,
+        typer.Option("--embedder", help="Bi-encoder name or path (default: the one the index was built with)."),
+    ] = None,
 ) -> None:
     """Retrieve then rerank; print a table (or JSON), optionally the LLM context with citations."""
     from rich.table import Table
@@ -342,7 +383,7 @@ def query(
     _check_precision(precision)
     if mode is not None:
         _check_mode(mode)
-    loaded = FaissIndex.load(index_dir)
+    loaded = FaissIndex.load(index_dir, embedder=embedder)
     pipeline = RetrieveRerankPipeline(loaded, _reranker(model, precision), k=k, top_n=n, mode=mode)  # type: ignore[arg-type]
     result = pipeline.run(question)
     ctx = result.context(max_tokens) if context else None
@@ -366,7 +407,7 @@ def query(
         if ctx is not None:
             payload["context"] = ctx.text
             payload["context_dropped"] = [c.citation for c in ctx.dropped]
-        print(json.dumps(payload, indent=2, ensure_ascii=False))
+        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")  # plain JSON, no rich markup
         return
     table = Table(title=f"{question}  (retrieve {k} → rerank → top {n})")
     for col in ("rank", "rerank score", "retrieval score", "was", "source", "snippet"):
@@ -435,7 +476,7 @@ def eval_command(
             dataset.name, dataset.corpus, {q: dataset.queries[q] for q in keep}, {q: dataset.qrels[q] for q in keep}
         )
     reranker = None if no_rerank else _reranker(model, precision)
-    console.print(f"{dataset.name}: {len(dataset.corpus)} documents, {len(dataset.queries)} judged {split} queries")
+    note(f"{dataset.name}: {len(dataset.corpus)} documents, {len(dataset.queries)} judged {split} queries")
     evaluated = build_index(dataset, embedder, lexical=any(name != "dense" for name in parsed_modes))
     evaluated.hybrid_fusion = hybrid_fusion  # type: ignore[assignment]
     report = evaluate_reranking(
@@ -466,7 +507,7 @@ def eval_command(
             f"{s.latency_ms_p95:.1f}",
         )
     console.print(table)
-    console.print(f"wrote {json_path} and {png_path}")
+    note(f"wrote {json_path} and {png_path}")
 
 
 @app.command()
@@ -477,16 +518,53 @@ def serve(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     max_documents: Annotated[int, typer.Option(help="Most documents one request may carry.")] = 1000,
     model: ModelOpt = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Run the same app as a Ray Serve deployment (ray extra).")] = False,
+    address: Annotated[
+        str | None, typer.Option(help="With --ray: an existing Ray cluster ('auto', 'ray://head:10001').")
+    ] = None,
+    replicas: Annotated[int, typer.Option(help="With --ray: replicas (the floor when --max-replicas is set).")] = 1,
+    max_replicas: Annotated[
+        int | None, typer.Option(help="With --ray: autoscale between --replicas and this many replicas.")
+    ] = None,
+    cpus_per_replica: Annotated[float, typer.Option(help="With --ray: CPUs (and torch threads) per replica.")] = 1.0,
 ) -> None:
-    """Serve the shared reranker over HTTP (POST /v1/rerank, GET /health, GET /v1/models) with uvicorn."""
+    """Serve the shared reranker over HTTP (POST /v1/rerank, GET /health, GET /v1/models).
+
+    One machine with uvicorn, or with --ray on Ray Serve: replicas, autoscaling, a local Ray or a cluster.
+    """
     _check_precision(precision)
     if not 0 < port < 65536 or max_documents < 1:
         fail(f"need 0 < --port < 65536 and --max-documents >= 1, got {port} and {max_documents}", 2)
-    from ce_rerank_plugins._optional import require
+    if not ray and (address or replicas != 1 or max_replicas is not None or cpus_per_replica != 1.0):
+        fail("--address, --replicas, --max-replicas and --cpus-per-replica are for --ray", 2)
     from ce_rerank_plugins.serve import ServeLimits, create_app
 
+    limits = ServeLimits(max_documents=max_documents)
+    if ray:
+        from ce_rerank_plugins.serve import RayServeSettings, ray_application, run_on_ray
+
+        try:
+            settings = RayServeSettings(
+                replicas=replicas,
+                min_replicas=replicas,
+                max_replicas=max_replicas,
+                cpus_per_replica=cpus_per_replica,
+            )
+        except ValueError as exc:
+            fail(str(exc), 2)
+        console.print(f"serving on Ray at http://{host}:{port} (Ctrl-C stops)")
+        run_on_ray(
+            ray_application(model, precision=precision, limits=limits, settings=settings),
+            address=address,
+            host=host,
+            port=port,
+            blocking=True,
+        )
+        return
+    from ce_rerank_plugins._optional import require
+
     uvicorn = require("uvicorn", "serve", purpose="ce-rerank serve")
-    app_ = create_app(lambda: _reranker(model, precision), limits=ServeLimits(max_documents=max_documents))
+    app_ = create_app(lambda: _reranker(model, precision), limits=limits)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
@@ -518,6 +596,7 @@ def demo(
     k: Annotated[int, typer.Option("-k", help="Candidates retrieved.")] = 10,
     n: Annotated[int, typer.Option("-n", help="Results kept after reranking.")] = 3,
     model: ModelOpt = None,
+    embedder: EmbedderOpt = None,
 ) -> None:
     """Offline end to end on the bundled sample corpus: index, retrieve, rerank, assemble context."""
     import tempfile
@@ -525,7 +604,7 @@ def demo(
 
     from rich.table import Table
 
-    from ce_rerank_plugins.core._loading import MODEL_ENV_VAR, default_model, untrained_cross_encoder
+    from ce_rerank_plugins.core import MODEL_ENV_VAR, default_model, untrained_cross_encoder
     from ce_rerank_plugins.errors import ModelLoadError
     from ce_rerank_plugins.pipeline import RetrieveRerankPipeline
     from ce_rerank_plugins.retrieval import FaissIndex
@@ -546,7 +625,7 @@ def demo(
     from ce_rerank_plugins.retrieval.ingest import build_index_from_files
 
     with as_file(files("ce_rerank_plugins") / "data" / "sample_corpus.jsonl") as corpus:
-        built, _ = build_index_from_files([corpus], show_progress=False)
+        built, _ = build_index_from_files([corpus], embedder=embedder, show_progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         loaded = FaissIndex.load(built.save(Path(tmp) / "index"))  # the saved, pickle-free format round-trips
     console.print(

@@ -66,7 +66,8 @@ class RetrieveRerankPipeline:
         mode: RetrievalMode | None = None,
     ) -> None:
         if k < 1 or top_n < 1:
-            raise ValueError(f"k and top_n must be >= 1, got k={k}, top_n={top_n}")
+            msg = f"k and top_n must be >= 1, got k={k}, top_n={top_n}"
+            raise ValueError(msg)
         self.index = index
         self.reranker = reranker
         self.k = k

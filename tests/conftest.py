@@ -93,3 +93,19 @@ def sample_index(sample_records):
         metadatas=[{"source": r["source"], "chunk_index": r["chunk_index"]} for r in sample_records],
     )
     return index
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One real local Ray (2 CPUs) for the whole test session, shut down at its end."""
+    ray = pytest.importorskip("ray", reason="the ray extra is part of the dev install")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    finally:
+        ray.shutdown()

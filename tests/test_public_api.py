@@ -80,15 +80,25 @@ EXPECTED_ALL = {
         "SHARED_MODELS",
         "CacheInfo",
         "CrossEncoderReranker",
+        "FloatArray",
+        "Fusion",
         "ModelKey",
+        "ModelRegistry",
         "PairClassification",
         "Precision",
         "RankedResult",
         "Reranker",
         "ScoreCache",
         "ScoreMode",
+        "bundled_model_dir",
+        "check_first_stage",
+        "check_fusion",
         "check_rank_options",
+        "default_model",
+        "fuse_scores",
+        "resolve_device",
         "select_results",
+        "untrained_cross_encoder",
     ],
     "ce_rerank_plugins.retrieval": [
         "DEFAULT_EMBEDDER_ID",
@@ -102,6 +112,7 @@ EXPECTED_ALL = {
         "RetrievalMode",
         "SearchHit",
         "TokenChunker",
+        "check_save_target",
     ],
     "ce_rerank_plugins.retrieval.ingest": [
         "SUPPORTED_SUFFIXES",
@@ -135,7 +146,17 @@ EXPECTED_ALL = {
         "FaissRetriever",
         "nodes_to_context",
     ],
-    "ce_rerank_plugins.serve": ["RemoteRerankError", "RemoteReranker", "ServeLimits", "create_app"],
+    "ce_rerank_plugins.serve": [
+        "RayServeSettings",
+        "RemoteRerankError",
+        "RemoteReranker",
+        "ServeLimits",
+        "create_app",
+        "ray_application",
+        "run_on_ray",
+    ],
+    "ce_rerank_plugins.evaluation": ["BeirDataset", "load_beir", "read_jsonl", "read_qrels"],
+    "ce_rerank_plugins.ray_data": ["connect", "embed_texts", "rerank_rows"],
 }
 
 
@@ -157,6 +178,8 @@ def test_public_names_are_pinned(module_name):
         ("bm25s", "from ce_rerank_plugins.retrieval import FaissIndex; FaissIndex(lexical=True)", "hybrid"),
         ("langchain_core", "import ce_rerank_plugins.integrations.langchain", "langchain"),
         ("llama_index", "import ce_rerank_plugins.integrations.llamaindex", "llamaindex"),
+        ("ray", "from ce_rerank_plugins import ray_data; ray_data.embed_texts(['a'])", "ray"),
+        ("ray", "from ce_rerank_plugins.serve import ray_application", "ray"),
     ],
 )
 def test_each_missing_extra_is_named(blocked, code, extra):

@@ -168,17 +168,21 @@ def assemble_context(
         ValueError: ``max_tokens < 1`` or an unknown ordering.
     """
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        msg = f"max_tokens must be a positive integer, got {max_tokens!r}"
+        raise ValueError(msg)
     if ordering not in ("relevance", "edges"):
-        raise ValueError(f"ordering must be 'relevance' or 'edges', got {ordering!r}")
+        msg = f"ordering must be 'relevance' or 'edges', got {ordering!r}"
+        raise ValueError(msg)
     seen: dict[str, int] = {}
     for chunk in chunks:
         if not isinstance(chunk, ContextChunk):
-            raise TypeError(f"chunks must be ContextChunk objects, got {type(chunk).__name__}")
+            msg = f"chunks must be ContextChunk objects, got {type(chunk).__name__}"
+            raise TypeError(msg)
         seen[chunk.citation] = seen.get(chunk.citation, 0) + 1
     duplicates = [c for c, n in seen.items() if n > 1]
     if duplicates:
-        raise ValueError(f"citation labels must be unique, but these repeat: {duplicates[:5]}")
+        msg = f"citation labels must be unique, but these repeat: {duplicates[:5]}"
+        raise ValueError(msg)
     separator_tokens = token_counter(separator) if separator else 0
     included: list[ContextChunk] = []
     dropped: list[ContextChunk] = []

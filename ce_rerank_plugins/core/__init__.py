@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from ce_rerank_plugins.core._cache import CacheInfo, ScoreCache
-from ce_rerank_plugins.core._loading import HUB_DEFAULT_MODEL, MODEL_ENV_VAR, ModelKey
-from ce_rerank_plugins.core._scores import ScoreMode
+from ce_rerank_plugins.core._fusion import Fusion, check_first_stage, check_fusion, fuse_scores
+from ce_rerank_plugins.core._hardware import resolve_device
+from ce_rerank_plugins.core._loading import (
+    HUB_DEFAULT_MODEL,
+    MODEL_ENV_VAR,
+    ModelKey,
+    bundled_model_dir,
+    default_model,
+    untrained_cross_encoder,
+)
+from ce_rerank_plugins.core._registry import ModelRegistry
+from ce_rerank_plugins.core._scores import FloatArray, ScoreMode
 from ce_rerank_plugins.core.reranker import (
     SHARED_MODELS,
     CrossEncoderReranker,
@@ -22,13 +32,23 @@ __all__ = [
     "SHARED_MODELS",
     "CacheInfo",
     "CrossEncoderReranker",
+    "FloatArray",
+    "Fusion",
     "ModelKey",
+    "ModelRegistry",
     "PairClassification",
     "Precision",
     "RankedResult",
     "Reranker",
     "ScoreCache",
     "ScoreMode",
+    "bundled_model_dir",
+    "check_first_stage",
+    "check_fusion",
     "check_rank_options",
+    "default_model",
+    "fuse_scores",
+    "resolve_device",
     "select_results",
+    "untrained_cross_encoder",
 ]

@@ -34,7 +34,8 @@ class ScoreCache:
 
     def __init__(self, maxsize: int = 10_000) -> None:
         if not isinstance(maxsize, int) or maxsize < 1:
-            raise ValueError(f"ScoreCache maxsize must be a positive integer, got {maxsize!r}")
+            msg = f"ScoreCache maxsize must be a positive integer, got {maxsize!r}"
+            raise ValueError(msg)
         self.maxsize = maxsize
         self._data: OrderedDict[tuple[Hashable, str, str], FloatArray] = OrderedDict()
         self._lock = threading.Lock()
@@ -50,7 +51,8 @@ class ScoreCache:
                 return None
             self._data.move_to_end(key)
             self._hits += 1
-            return value.copy()
+            copied: FloatArray = value.copy()
+            return copied
 
     def put(self, key: tuple[Hashable, str, str], logits: FloatArray) -> None:
         """Store ``logits`` for ``key``, evicting the least recently used entry when full."""

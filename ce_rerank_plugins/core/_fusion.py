@@ -33,12 +33,15 @@ RRF_K = 60
 def check_fusion(fusion: object, weight: object) -> tuple[Fusion, float]:
     """Validate a fusion method and the cross-encoder's weight in it (a number in [0, 1])."""
     if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {list(FUSIONS)}, got {fusion!r}")
+        msg = f"fusion must be one of {list(FUSIONS)}, got {fusion!r}"
+        raise ValueError(msg)
     if isinstance(weight, bool) or not isinstance(weight, (int, float, np.floating)):
-        raise TypeError(f"fusion_weight must be a number in [0, 1], got {type(weight).__name__}")
+        msg = f"fusion_weight must be a number in [0, 1], got {type(weight).__name__}"
+        raise TypeError(msg)
     value = float(weight)
     if not (0.0 <= value <= 1.0) or math.isnan(value):
-        raise ValueError(f"fusion_weight must be in [0, 1], got {weight!r}")
+        msg = f"fusion_weight must be in [0, 1], got {weight!r}"
+        raise ValueError(msg)
     return fusion, value  # type: ignore[return-value]
 
 
@@ -47,15 +50,19 @@ def check_first_stage(scores: object, n: int) -> F64 | None:
     if scores is None:
         return None
     if isinstance(scores, (str, bytes)) or not isinstance(scores, (Sequence, np.ndarray)):
-        raise TypeError(f"first_stage_scores must be a list of numbers, got {type(scores).__name__}")
+        msg = f"first_stage_scores must be a list of numbers, got {type(scores).__name__}"
+        raise TypeError(msg)
     try:
         array = np.asarray(scores, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"first_stage_scores must be a list of numbers ({exc})") from None
+        msg = f"first_stage_scores must be a list of numbers ({exc})"
+        raise TypeError(msg) from None
     if array.shape != (n,):
-        raise ValueError(f"got {array.size} first_stage_scores for {n} documents")
+        msg = f"got {array.size} first_stage_scores for {n} documents"
+        raise ValueError(msg)
     if not np.all(np.isfinite(array)):
-        raise ValueError("first_stage_scores must be finite (got NaN or infinity)")
+        msg = "first_stage_scores must be finite (got NaN or infinity)"
+        raise ValueError(msg)
     return array
 
 

@@ -24,7 +24,8 @@ def resolve_device(device: str | None) -> str:
             return "mps"
         return "cpu"
     if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda:0', got {type(device).__name__}")
+        msg = f"device must be a string such as 'auto', 'cpu' or 'cuda:0', got {type(device).__name__}"
+        raise TypeError(msg)
     return device
 
 

@@ -52,16 +52,18 @@ def normalize_model_name(model: str | os.PathLike[str]) -> str:
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     if not isinstance(model, str) or not model.strip():
-        raise TypeError(f"model must be a non-empty string or path, got {model!r}")
+        msg = f"model must be a non-empty string or path, got {model!r}"
+        raise TypeError(msg)
     path = Path(model).expanduser()
     if path.exists():
         return str(path.resolve())
     if _looks_like_path(model):
-        raise ModelLoadError(
+        msg = (
             f"no cross-encoder model directory at {str(path)!r} (resolved from {model!r}). "
             "Pass the path of a directory saved with CrossEncoder.save(), e.g. "
             "CrossEncoderReranker('/path/to/model')."
         )
+        raise ModelLoadError(msg)
     return model
 
 
@@ -100,9 +102,8 @@ def load_cross_encoder(key: ModelKey) -> Any:
             if is_local
             else f"If this machine is offline, pass a local model directory instead, or set ${MODEL_ENV_VAR}."
         )
-        raise ModelLoadError(
-            f"could not load cross-encoder {key.model!r} from {where}: {type(exc).__name__}: {exc}. {hint}"
-        ) from exc
+        msg = f"could not load cross-encoder {key.model!r} from {where}: {type(exc).__name__}: {exc}. {hint}"
+        raise ModelLoadError(msg) from exc
     model.eval()
     return model
 
@@ -127,7 +128,8 @@ def to_precision(model: Any, precision: str) -> Any:
     if precision == "fp32":
         return model
     if precision != "bf16":
-        raise ValueError(f"unknown precision {precision!r}")
+        msg = f"unknown precision {precision!r}"
+        raise ValueError(msg)
     model.to(torch.bfloat16)
     kept: list[str] = []
     for name, module in model.named_modules():
@@ -172,10 +174,11 @@ def default_model() -> str:
     bundled = bundled_model_dir()
     if bundled is not None:
         return str(bundled)
-    raise ModelLoadError(
+    msg = (
         "no cross-encoder configured: the Hugging Face Hub is not used or unreachable and this build of "
         f"ce-rerank-plugins bundles no model. Pass --model PATH (or model='path'), or set ${MODEL_ENV_VAR}."
     )
+    raise ModelLoadError(msg)
 
 
 def recommended_fusion(model: str) -> tuple[str, float] | None:
@@ -187,7 +190,8 @@ def recommended_fusion(model: str) -> tuple[str, float] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         fusion, weight = data["fusion"], data["fusion_weight"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"{str(path)!r} is not a valid fusion recommendation: {exc}") from exc
+        msg = f"{str(path)!r} is not a valid fusion recommendation: {exc}"
+        raise ModelLoadError(msg) from exc
     return str(fusion), weight
 
 

@@ -54,9 +54,11 @@ class MicroBatcher:
 
     def __init__(self, score_fn: ScoreFn, *, max_wait_ms: float = 5.0, max_pairs: int = 1024) -> None:
         if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+            msg = f"max_wait_ms must be >= 0, got {max_wait_ms}"
+            raise ValueError(msg)
         if max_pairs < 1:
-            raise ValueError(f"max_pairs must be >= 1, got {max_pairs}")
+            msg = f"max_pairs must be >= 1, got {max_pairs}"
+            raise ValueError(msg)
         self._score_fn = score_fn
         self._max_wait_s = max_wait_ms / 1000.0
         self._max_pairs = max_pairs

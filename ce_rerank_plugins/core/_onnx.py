@@ -163,14 +163,16 @@ def hf_model_of(cross_encoder: Any) -> torch.nn.Module:
     module = cross_encoder[0]
     hf = getattr(module, "model", None) or getattr(module, "auto_model", None)
     if not isinstance(hf, torch.nn.Module):
-        raise TypeError("this CrossEncoder has no transformers model to export to ONNX")
+        msg = "this CrossEncoder has no transformers model to export to ONNX"
+        raise TypeError(msg)
     return hf
 
 
 def onnx_file(cross_encoder: Any, model_source: str, precision: str, input_names: list[str]) -> Path:
     """The cached (or newly exported) ONNX file for ``precision``; exports and quantises on first use."""
     if precision not in ONNX_PRECISIONS:
-        raise ValueError(f"not an ONNX precision: {precision!r}")
+        msg = f"not an ONNX precision: {precision!r}"
+        raise ValueError(msg)
     require("onnxruntime", "onnx", purpose="The ONNX inference path")
     hf_model = hf_model_of(cross_encoder)
     model_hash = weights_sha256(hf_model)
@@ -205,7 +207,8 @@ class OnnxRunner:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         if sorted(self.input_names) != sorted(input_names):
-            raise ValueError(f"{path} expects inputs {self.input_names}, the tokenizer gives {input_names}")
+            msg = f"{path} expects inputs {self.input_names}, the tokenizer gives {input_names}"
+            raise ValueError(msg)
 
     def __call__(self, features: Mapping[str, Any]) -> FloatArray:
         feeds = {name: np.asarray(features[name].cpu().numpy(), dtype=np.int64) for name in self.input_names}

@@ -18,7 +18,8 @@ FloatArray = npt.NDArray[np.float32]
 def validate_score_mode(mode: str) -> ScoreMode:
     """Return ``mode`` if it is a known score mode, else raise ValueError naming the choices."""
     if mode not in _MODES:
-        raise ValueError(f"score_mode must be one of {sorted(_MODES)}, got {mode!r}")
+        msg = f"score_mode must be one of {sorted(_MODES)}, got {mode!r}"
+        raise ValueError(msg)
     return mode  # type: ignore[return-value]
 
 
@@ -38,10 +39,11 @@ def resolve_score_mode(mode: ScoreMode, *, num_labels: int, model_activation: st
             return "softmax"
         return "logits"
     if mode == "softmax" and num_labels == 1:
-        raise ValueError(
+        msg = (
             "score_mode='softmax' needs a model with num_labels > 1 (a softmax over one logit is always 1.0); "
             "use 'sigmoid' or 'logits' for a single-score reranker"
         )
+        raise ValueError(msg)
     return mode
 
 
@@ -54,8 +56,10 @@ def apply_score_mode(logits: FloatArray, mode: ScoreMode) -> FloatArray:
     if mode == "softmax":
         shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
         exp = np.exp(shifted)
-        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-    raise ValueError(f"unresolved score mode {mode!r}")
+        probabilities: FloatArray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+        return probabilities
+    msg = f"unresolved score mode {mode!r}"
+    raise ValueError(msg)
 
 
 def check_finite(logits: FloatArray, pairs_count: int) -> None:
@@ -63,7 +67,8 @@ def check_finite(logits: FloatArray, pairs_count: int) -> None:
     bad = ~np.isfinite(logits).all(axis=1)
     if bad.any():
         positions = np.flatnonzero(bad)[:10].tolist()
-        raise ScoringError(
+        msg = (
             f"the model returned NaN or infinite scores for {int(bad.sum())} of {pairs_count} pairs "
             f"(positions {positions}); refusing to rank them. Check the model weights and precision."
         )
+        raise ScoringError(msg)

@@ -81,33 +81,39 @@ def _check_threshold(value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"score_threshold must be a number or None, got {type(value).__name__} ({value!r:.40})")
+        msg = f"score_threshold must be a number or None, got {type(value).__name__} ({value!r:.40})"
+        raise TypeError(msg)
     threshold = float(value)
     if math.isnan(threshold):
-        raise ValueError("score_threshold is NaN, which no score passes or fails; pass a number or None")
+        msg = "score_threshold is NaN, which no score passes or fails; pass a number or None"
+        raise ValueError(msg)
     return threshold
 
 
 def _check_min_keep(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"min_keep must be a non-negative integer, got {value!r}")
+        msg = f"min_keep must be a non-negative integer, got {value!r}"
+        raise ValueError(msg)
     return value
 
 
 def _check_pairs(pairs: object) -> list[tuple[str, str]]:
     if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
-        raise TypeError(f"pairs must be a list of (text_a, text_b) tuples, got {type(pairs).__name__}")
+        msg = f"pairs must be a list of (text_a, text_b) tuples, got {type(pairs).__name__}"
+        raise TypeError(msg)
     checked = []
     for i, pair in enumerate(pairs):
         if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
-            raise TypeError(f"pairs[{i}] must be a (text_a, text_b) pair, got {pair!r:.80}")
+            msg = f"pairs[{i}] must be a (text_a, text_b) pair, got {pair!r:.80}"
+            raise TypeError(msg)
         checked.append((_check_text(pair[0], f"pairs[{i}][0]"), _check_text(pair[1], f"pairs[{i}][1]")))
     return checked
 
 
 def _check_documents(documents: object) -> list[str]:
     if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
-        raise TypeError(f"documents must be a list of strings, got {type(documents).__name__}")
+        msg = f"documents must be a list of strings, got {type(documents).__name__}"
+        raise TypeError(msg)
     return [_check_text(doc, f"documents[{i}]") for i, doc in enumerate(documents)]
 
 
@@ -115,9 +121,11 @@ def _check_top_n(top_n: object) -> int | None:
     if top_n is None:
         return None
     if isinstance(top_n, bool) or not isinstance(top_n, int):
-        raise TypeError(f"top_n must be an int or None, got {type(top_n).__name__}")
+        msg = f"top_n must be an int or None, got {type(top_n).__name__}"
+        raise TypeError(msg)
     if top_n < 1:
-        raise ValueError(f"top_n must be >= 1 (or None for all), got {top_n}")
+        msg = f"top_n must be >= 1 (or None for all), got {top_n}"
+        raise ValueError(msg)
     return top_n
 
 
@@ -140,8 +148,11 @@ def select_results(
     fused: np.ndarray[Any, Any] | None = None,
     first_stage: np.ndarray[Any, Any] | None = None,
 ) -> list[RankedResult]:
-    """Order by the fused score (or ``scores``), stably; keep what passes ``threshold`` on ``scores``
-    or is among the best ``min_keep``; cap at ``top_n``. Shared by the local and the remote reranker."""
+    """Select and order results; shared by the local and the remote reranker.
+
+    Orders by the fused score (or ``scores``), stably; keeps what passes ``threshold`` on ``scores``
+    or is among the best ``min_keep``; caps at ``top_n``.
+    """
     final: np.ndarray[Any, Any] = scores if fused is None else fused
     order = np.argsort(-final, kind="stable")
     if threshold is not None:
@@ -163,9 +174,11 @@ def select_results(
 
 @runtime_checkable
 class Reranker(Protocol):
-    """What the adapters need of a reranker: the local :class:`CrossEncoderReranker` or a
-    :class:`~ce_rerank_plugins.serve.RemoteReranker`. ``rank`` / ``arank`` take the core's arguments
-    (``query, documents, top_n`` and the keyword options)."""
+    """What the adapters need of a reranker.
+
+    The local :class:`CrossEncoderReranker` or a :class:`~ce_rerank_plugins.serve.RemoteReranker`.
+    ``rank`` / ``arank`` take the core's arguments (``query, documents, top_n`` and the keyword options).
+    """
 
     @property
     def rank(self) -> Callable[..., list[RankedResult]]:
@@ -246,15 +259,19 @@ class CrossEncoderReranker:
         fusion_weight: float | None = None,
     ) -> None:
         if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {list(_PRECISIONS)}, got {precision!r}")
+            msg = f"precision must be one of {list(_PRECISIONS)}, got {precision!r}"
+            raise ValueError(msg)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            msg = f"batch_size must be a positive integer, got {batch_size!r}"
+            raise ValueError(msg)
         if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
-            raise ValueError(f"max_length must be an integer >= 8 or None, got {max_length!r}")
+            msg = f"max_length must be an integer >= 8 or None, got {max_length!r}"
+            raise ValueError(msg)
         _check_min_keep(min_keep)
         score_threshold = _check_threshold(score_threshold)
         if isinstance(window_overlap, bool) or not isinstance(window_overlap, int) or window_overlap < 0:
-            raise ValueError(f"window_overlap must be a non-negative integer, got {window_overlap!r}")
+            msg = f"window_overlap must be a non-negative integer, got {window_overlap!r}"
+            raise ValueError(msg)
         self.score_mode_requested: ScoreMode = validate_score_mode(score_mode)
         resolved_device = resolve_device(device)
         if precision == "auto":
@@ -278,7 +295,8 @@ class CrossEncoderReranker:
         self.min_keep = min_keep
         self.rank_column = self._resolve_rank_column(rank_label)
         if long_document and self.engine.num_labels != 1:
-            raise ValueError("long_document mode needs a single-score model (num_labels == 1)")
+            msg = "long_document mode needs a single-score model (num_labels == 1)"
+            raise ValueError(msg)
         self.long_document = long_document
         self.window_overlap = window_overlap
         self.cache: ScoreCache | None = ScoreCache(cache) if isinstance(cache, int) else cache
@@ -381,9 +399,8 @@ class CrossEncoderReranker:
         if not docs:
             return []
         if self.rank_column < 0:  # checked before the model runs
-            raise ValueError(
-                f"this model classifies pairs into {list(self.labels)}; pass rank_label=... to rank by one label"
-            )
+            msg = f"this model classifies pairs into {list(self.labels)}; pass rank_label=... to rank by one label"
+            raise ValueError(msg)
         scores = apply_score_mode(self._logits([(query, d) for d in docs]), mode)[:, self.rank_column]
         return select_results(
             scores,
@@ -398,7 +415,8 @@ class CrossEncoderReranker:
     def classify(self, pairs: Sequence[tuple[str, str]]) -> list[PairClassification]:
         """Label each pair with a classification model (``num_labels > 1``), probabilities via softmax."""
         if self.num_labels == 1:
-            raise ValueError("classify() needs a model with num_labels > 1; use predict() or rank() for rerankers")
+            msg = "classify() needs a model with num_labels > 1; use predict() or rank() for rerankers"
+            raise ValueError(msg)
         probs = apply_score_mode(self._logits(_check_pairs(pairs)), "softmax")
         return [
             PairClassification(
@@ -441,7 +459,8 @@ class CrossEncoderReranker:
     def _resolve_rank_column(self, rank_label: str | int | None) -> int:
         if self.engine.num_labels == 1:
             if rank_label not in (None, 0):
-                raise ValueError(f"rank_label={rank_label!r} given, but the model has a single output")
+                msg = f"rank_label={rank_label!r} given, but the model has a single output"
+                raise ValueError(msg)
             return 0
         if rank_label is None:
             return -1  # rank() will explain; predict()/classify() still work
@@ -449,7 +468,8 @@ class CrossEncoderReranker:
             return rank_label
         if isinstance(rank_label, str) and rank_label in self.engine.labels:
             return self.engine.labels.index(rank_label)
-        raise ValueError(f"rank_label must be one of {list(self.engine.labels)} or an index, got {rank_label!r}")
+        msg = f"rank_label must be one of {list(self.engine.labels)} or an index, got {rank_label!r}"
+        raise ValueError(msg)
 
     def _resolve_fusion(self, fusion: object, weight: object) -> tuple[Fusion, float]:
         if fusion == "auto":
@@ -493,10 +513,11 @@ class CrossEncoderReranker:
         query_tokens = dict(zip(queries, engine.token_counts(queries), strict=True))
         for q, n in query_tokens.items():
             if n + engine.pair_special_tokens >= engine.max_length:
-                raise ValueError(
+                msg = (
                     f"the query alone has {n} tokens, which leaves no room for a passage within "
                     f"max_length={engine.max_length}; shorten the query ({q[:60]!r}...) or raise max_length"
                 )
+                raise ValueError(msg)
         passages = [p for _, p in pairs]
         passage_tokens = engine.token_counts(passages)
         budgets = [engine.max_length - engine.pair_special_tokens - query_tokens[q] for q, _ in pairs]

@@ -36,9 +36,11 @@ def document_text(doc: Mapping[str, str]) -> str:
     return f"{title} {doc['text']}".strip() if title else doc["text"]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, object]]:
+def read_jsonl(path: Path) -> list[dict[str, object]]:
+    """The rows of a BEIR JSON Lines file (``corpus.jsonl``, ``queries.jsonl``); a missing file is named."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path.name} is missing from the dataset directory {str(path.parent)!r}")
+        msg = f"{path.name} is missing from the dataset directory {str(path.parent)!r}"
+        raise FileNotFoundError(msg)
     rows = []
     with path.open(encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
@@ -47,20 +49,23 @@ def _read_jsonl(path: Path) -> list[dict[str, object]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no} is not valid JSON: {exc}") from exc
+                msg = f"{path}:{line_no} is not valid JSON: {exc}"
+                raise ValueError(msg) from exc
     return rows
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """``query-id corpus-id score`` TSV (with header) to {query id: {doc id: grade}}, positive grades only."""
     if not path.is_file():
-        raise FileNotFoundError(f"qrels file {str(path)!r} is missing")
+        msg = f"qrels file {str(path)!r} is missing"
+        raise FileNotFoundError(msg)
     qrels: dict[str, dict[str, int]] = {}
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh, delimiter="\t")
         header = next(reader, None)
         if header is None or header[:2] != ["query-id", "corpus-id"]:
-            raise ValueError(f"{str(path)!r} must start with the header 'query-id\\tcorpus-id\\tscore'")
+            msg = f"{str(path)!r} must start with the header 'query-id\\tcorpus-id\\tscore'"
+            raise ValueError(msg)
         for row in reader:
             if len(row) < 3:
                 continue
@@ -78,12 +83,13 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDat
     """
     root = Path(directory).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset directory {str(root)!r} does not exist")
+        msg = f"dataset directory {str(root)!r} does not exist"
+        raise FileNotFoundError(msg)
     qrels = read_qrels(root / "qrels" / f"{split}.tsv")
     corpus = {
         str(row["_id"]): {"title": str(row.get("title") or ""), "text": str(row.get("text") or "")}
-        for row in _read_jsonl(root / "corpus.jsonl")
+        for row in read_jsonl(root / "corpus.jsonl")
     }
-    all_queries = {str(row["_id"]): str(row["text"]) for row in _read_jsonl(root / "queries.jsonl")}
+    all_queries = {str(row["_id"]): str(row["text"]) for row in read_jsonl(root / "queries.jsonl")}
     queries = {qid: all_queries[qid] for qid in qrels if qid in all_queries}
     return BeirDataset(name=root.name, corpus=corpus, queries=queries, qrels=qrels)

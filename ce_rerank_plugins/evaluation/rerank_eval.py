@@ -19,8 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ce_rerank_plugins._optional import require
-from ce_rerank_plugins.core import CrossEncoderReranker
-from ce_rerank_plugins.core._fusion import Fusion, fuse_scores
+from ce_rerank_plugins.core import CrossEncoderReranker, Fusion, fuse_scores
 from ce_rerank_plugins.evaluation.beir import BeirDataset, document_text
 from ce_rerank_plugins.retrieval import FaissIndex, RetrievalMode, SearchHit
 
@@ -51,6 +50,7 @@ class EvaluationReport:
     stages: list[StageResult] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (what ``ce-rerank eval --out`` writes)."""
         return {
             "dataset": self.dataset,
             "queries": self.queries,
@@ -111,12 +111,15 @@ def evaluate_reranking(
     whichever modes retrieve it.
     """
     if not dataset.queries:
-        raise ValueError(f"dataset {dataset.name!r} has no judged queries")
+        msg = f"dataset {dataset.name!r} has no judged queries"
+        raise ValueError(msg)
     depths = sorted(set(depths))
     if depths and depths[0] < 1:
-        raise ValueError(f"depths must be >= 1, got {depths}")
+        msg = f"depths must be >= 1, got {depths}"
+        raise ValueError(msg)
     if not modes:
-        raise ValueError("modes must name at least one first-stage mode")
+        msg = "modes must name at least one first-stage mode"
+        raise ValueError(msg)
     k = max([100, *depths])
     qids = list(dataset.queries)
     texts = [dataset.queries[q] for q in qids]

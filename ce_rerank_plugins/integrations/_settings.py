@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ce_rerank_plugins.core import CrossEncoderReranker, Precision, ScoreMode
-from ce_rerank_plugins.core._loading import default_model
+from ce_rerank_plugins.core import CrossEncoderReranker, Precision, ScoreMode, default_model
 
 
 def build_reranker(

@@ -119,7 +119,8 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
     def core(self) -> Reranker:
         """The shared core reranker."""
         if self.reranker is None:  # only if the validator was bypassed (e.g. model_construct)
-            raise RuntimeError("CrossEncoderCompressor has no reranker; create it with its constructor")
+            msg = "CrossEncoderCompressor has no reranker; create it with its constructor"
+            raise RuntimeError(msg)
         return self.reranker
 
     def _rank_kwargs(self, documents: Sequence[Document]) -> dict[str, Any]:

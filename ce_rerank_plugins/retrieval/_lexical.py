@@ -132,18 +132,21 @@ class LexicalIndex:
         bm25s = _bm25s()
         meta = json.loads(blobs[LEXICAL_META].decode("utf-8"))
         if not isinstance(meta, dict):
-            raise ValueError(f"{LEXICAL_META} is not a JSON object")
+            msg = f"{LEXICAL_META} is not a JSON object"
+            raise ValueError(msg)
         with np.load(io.BytesIO(blobs[LEXICAL_ARRAYS]), allow_pickle=False) as arrays:
             data, indices, indptr, rows = (arrays[k] for k in ("data", "indices", "indptr", "rows"))
         index = cls(BM25Params(float(meta["k1"]), float(meta["b"])))
         index._tokens = {int(i): [str(t) for t in tokens] for i, tokens in meta["tokens"].items()}
         if set(index._tokens) != live_ids or sorted(index._tokens) != rows.tolist():
-            raise ValueError("the lexical index does not cover exactly the stored documents")
+            msg = "the lexical index does not cover exactly the stored documents"
+            raise ValueError(msg)
         vocab = [str(t) for t in meta["vocab"]]
         # bm25s's vocabulary may hold an extra empty token without a column of its own.
         fits = len(vocab) <= len(indptr) <= len(vocab) + 1 and indptr[-1] == len(data) == len(indices)
         if len(rows) and (not fits or (len(indices) and int(indices.max()) >= len(rows))):
-            raise ValueError("the lexical index's arrays do not fit its vocabulary")
+            msg = "the lexical index's arrays do not fit its vocabulary"
+            raise ValueError(msg)
         model = bm25s.BM25(k1=index.params.k1, b=index.params.b)
         if len(rows):
             model.scores = {"data": data, "indices": indices, "indptr": indptr, "num_docs": int(meta["num_docs"])}

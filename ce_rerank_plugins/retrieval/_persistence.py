@@ -162,14 +162,16 @@ def check_save_target(directory: Path) -> None:
     if not directory.exists():
         return
     if not directory.is_dir():
-        raise IndexFormatError(f"cannot save an index to {str(directory)!r}: it is a file, not a directory")
+        msg = f"cannot save an index to {str(directory)!r}: it is a file, not a directory"
+        raise IndexFormatError(msg)
     foreign = sorted(p.name for p in directory.iterdir() if not _is_ours(directory, p.name))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise IndexFormatError(
+        msg = (
             f"refusing to save an index into {str(directory)!r}: the folder is not empty and is not a saved "
             f"index (it holds {shown}); choose a new or empty folder"
         )
+        raise IndexFormatError(msg)
 
 
 @contextlib.contextmanager
@@ -212,13 +214,11 @@ def _read_current(directory: Path) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise IndexFormatError(
-            f"the index at {str(directory)!r} is corrupt: cannot read {CURRENT_FILE} ({exc})"
-        ) from exc
+        msg = f"the index at {str(directory)!r} is corrupt: cannot read {CURRENT_FILE} ({exc})"
+        raise IndexFormatError(msg) from exc
     if not _GENERATION.match(name):
-        raise IndexFormatError(
-            f"the index at {str(directory)!r} is corrupt: {CURRENT_FILE} holds {name[:40]!r}, not a generation name"
-        )
+        msg = f"the index at {str(directory)!r} is corrupt: {CURRENT_FILE} holds {name[:40]!r}, not a generation name"
+        raise IndexFormatError(msg)
     return name
 
 
@@ -246,7 +246,8 @@ def save_index(index: FaissIndex, directory: Path) -> Path:
         ValueError: An IVF index with no documents (it cannot be trained).
     """
     if index.index_type == "ivf" and index._faiss_index is None:
-        raise ValueError("an empty IVF index has not been trained yet; add documents before saving it")
+        msg = "an empty IVF index has not been trained yet; add documents before saving it"
+        raise ValueError(msg)
     directory = directory.expanduser()
     check_save_target(directory)
     with index._lock:  # a consistent snapshot even while other threads add or delete
@@ -287,10 +288,12 @@ def save_index(index: FaissIndex, directory: Path) -> Path:
 def _field(manifest: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if key not in manifest:
-        raise IndexFormatError(f"{where} is invalid: the field {key!r} is missing")
+        msg = f"{where} is invalid: the field {key!r} is missing"
+        raise IndexFormatError(msg)
     value = manifest[key]
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        raise IndexFormatError(f"{where} is invalid: {key!r} must be {_kind_name(kinds)}, got {value!r:.60}")
+        msg = f"{where} is invalid: {key!r} must be {_kind_name(kinds)}, got {value!r:.60}"
+        raise IndexFormatError(msg)
     return value
 
 
@@ -304,71 +307,88 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 def validate_manifest(manifest: object, where: str) -> dict[str, Any]:
     """Check every field of a manifest against the schema; returns it, or raises IndexFormatError naming the field."""
     if not isinstance(manifest, dict):
-        raise IndexFormatError(f"{where} is invalid: expected a JSON object, got {type(manifest).__name__}")
+        msg = f"{where} is invalid: expected a JSON object, got {type(manifest).__name__}"
+        raise IndexFormatError(msg)
     if manifest.get("format") != FORMAT_NAME:
-        raise IndexFormatError(f"{where} is not a {FORMAT_NAME} manifest (format={manifest.get('format')!r:.40})")
+        msg = f"{where} is not a {FORMAT_NAME} manifest (format={manifest.get('format')!r:.40})"
+        raise IndexFormatError(msg)
     version = _field(manifest, "format_version", int, where)
     if version > FORMAT_VERSION:
-        raise IndexFormatError(
+        msg = (
             f"{where} has format version {version}, but this library reads versions 1 to {FORMAT_VERSION}; "
             f"upgrade ce-rerank-plugins"
         )
+        raise IndexFormatError(msg)
     if version < 1:
-        raise IndexFormatError(f"{where} is invalid: format_version must be 1 or more, got {version}")
+        msg = f"{where} is invalid: format_version must be 1 or more, got {version}"
+        raise IndexFormatError(msg)
     if version >= 2:
         digest = _field(manifest, "manifest_sha256", str, where)
         if digest != manifest_digest(manifest):
-            raise IndexFormatError(f"{where} is corrupt: it does not match its own checksum (manifest_sha256)")
+            msg = f"{where} is corrupt: it does not match its own checksum (manifest_sha256)"
+            raise IndexFormatError(msg)
     model = _field(manifest, "embedding_model", str, where)
     if not model:
-        raise IndexFormatError(f"{where} is invalid: embedding_model is empty")
+        msg = f"{where} is invalid: embedding_model is empty"
+        raise IndexFormatError(msg)
     for key in ("dimension", "count", "next_id"):
         value = _field(manifest, key, int, where)
         if value < (1 if key == "dimension" else 0):
-            raise IndexFormatError(f"{where} is invalid: {key} must not be {value}")
+            msg = f"{where} is invalid: {key} must not be {value}"
+            raise IndexFormatError(msg)
     if _field(manifest, "normalized", bool, where) is not True:
-        raise IndexFormatError(f"{where} is invalid: only normalised (cosine) indexes are supported")
+        msg = f"{where} is invalid: only normalised (cosine) indexes are supported"
+        raise IndexFormatError(msg)
     if manifest.get("metric", "inner_product") != "inner_product":
-        raise IndexFormatError(f"{where} is invalid: metric must be 'inner_product', got {manifest['metric']!r:.40}")
+        msg = f"{where} is invalid: metric must be 'inner_product', got {manifest['metric']!r:.40}"
+        raise IndexFormatError(msg)
     index_type = _field(manifest, "index_type", str, where)
     if index_type not in _INDEX_TYPES:
-        raise IndexFormatError(
-            f"{where} is invalid: index_type must be one of {list(_INDEX_TYPES)}, got {index_type!r}"
-        )
+        msg = f"{where} is invalid: index_type must be one of {list(_INDEX_TYPES)}, got {index_type!r}"
+        raise IndexFormatError(msg)
     params = _field(manifest, "index_params", dict, where)
     for key in ("hnsw_m", "ef_search", "ef_construction", "nprobe", "nlist"):
         value = _field(params, key, (int, type(None)) if key == "nlist" else int, f"{where} (index_params)")
         if value is not None and value < 1:
-            raise IndexFormatError(f"{where} is invalid: index_params.{key} must be >= 1, got {value}")
+            msg = f"{where} is invalid: index_params.{key} must be >= 1, got {value}"
+            raise IndexFormatError(msg)
     deleted = _field(manifest, "deleted_faiss_ids", list, where)
     if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in deleted) or len(set(deleted)) != len(
         deleted
     ):
-        raise IndexFormatError(f"{where} is invalid: deleted_faiss_ids must be distinct non-negative integers")
+        msg = f"{where} is invalid: deleted_faiss_ids must be distinct non-negative integers"
+        raise IndexFormatError(msg)
     lexical = manifest.get("lexical")
     if lexical is not None:
         if not isinstance(lexical, dict):
-            raise IndexFormatError(f"{where} is invalid: 'lexical' must be an object or null")
+            msg = f"{where} is invalid: 'lexical' must be an object or null"
+            raise IndexFormatError(msg)
         for key in ("k1", "b"):
             value = _field(lexical, key, (int, float), f"{where} (lexical)")
             if value < 0:
-                raise IndexFormatError(f"{where} is invalid: lexical.{key} must be >= 0, got {value}")
+                msg = f"{where} is invalid: lexical.{key} must be >= 0, got {value}"
+                raise IndexFormatError(msg)
     retrieval = manifest.get("retrieval", {"mode": "dense", "hybrid_fusion": "weighted", "hybrid_weight": 0.5})
     if not isinstance(retrieval, dict):
-        raise IndexFormatError(f"{where} is invalid: 'retrieval' must be an object")
+        msg = f"{where} is invalid: 'retrieval' must be an object"
+        raise IndexFormatError(msg)
     mode = _field(retrieval, "mode", str, f"{where} (retrieval)")
     if mode not in ("dense", "bm25", "hybrid") or (mode != "dense" and lexical is None):
-        raise IndexFormatError(f"{where} is invalid: retrieval mode {mode!r} is unknown or needs a lexical index")
+        msg = f"{where} is invalid: retrieval mode {mode!r} is unknown or needs a lexical index"
+        raise IndexFormatError(msg)
     if _field(retrieval, "hybrid_fusion", str, f"{where} (retrieval)") not in ("rrf", "weighted"):
-        raise IndexFormatError(f"{where} is invalid: hybrid_fusion must be 'rrf' or 'weighted'")
+        msg = f"{where} is invalid: hybrid_fusion must be 'rrf' or 'weighted'"
+        raise IndexFormatError(msg)
     weight = _field(retrieval, "hybrid_weight", (int, float), f"{where} (retrieval)")
     if not 0 <= weight <= 1:
-        raise IndexFormatError(f"{where} is invalid: hybrid_weight must be in [0, 1], got {weight}")
+        msg = f"{where} is invalid: hybrid_weight must be in [0, 1], got {weight}"
+        raise IndexFormatError(msg)
     checksums = _field(manifest, "checksums", dict, where)
     for name in data_files(manifest):
         value = checksums.get(name)
         if not isinstance(value, str) or not _HEX64.match(value):
-            raise IndexFormatError(f"{where} is invalid: checksums.{name} must be a SHA-256 hex digest")
+            msg = f"{where} is invalid: checksums.{name} must be a SHA-256 hex digest"
+            raise IndexFormatError(msg)
     return manifest
 
 
@@ -387,9 +407,8 @@ def _read_generation(directory: Path) -> tuple[str, dict[str, Any], dict[str, by
             location = directory  # a version-1 index
             label = "v1"
         else:
-            raise IndexFormatError(
-                f"{str(directory)!r} is not a saved index: neither {CURRENT_FILE} nor {MANIFEST_FILE} is there"
-            )
+            msg = f"{str(directory)!r} is not a saved index: neither {CURRENT_FILE} nor {MANIFEST_FILE} is there"
+            raise IndexFormatError(msg)
     else:
         location = directory / current
         label = current
@@ -400,20 +419,23 @@ def _read_generation(directory: Path) -> tuple[str, dict[str, Any], dict[str, by
         except FileNotFoundError as exc:
             if current is not None and _read_current(directory) != current:
                 raise _GenerationGone from exc
-            raise IndexFormatError(f"the index at {str(directory)!r} is incomplete: {name} is missing") from exc
+            msg = f"the index at {str(directory)!r} is incomplete: {name} is missing"
+            raise IndexFormatError(msg) from exc
 
     where = f"the manifest of the index at {str(directory)!r}"
     raw = read(MANIFEST_FILE)
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexFormatError(f"{where} is corrupt: not valid JSON ({exc})") from exc
+        msg = f"{where} is corrupt: not valid JSON ({exc})"
+        raise IndexFormatError(msg) from exc
     manifest = validate_manifest(manifest, where)
     blobs = {}
     for name in data_files(manifest):
         data = read(name)
         if hashlib.sha256(data).hexdigest() != manifest["checksums"][name]:
-            raise IndexFormatError(f"the index at {str(directory)!r} is corrupt: {name} does not match its checksum")
+            msg = f"the index at {str(directory)!r} is corrupt: {name} does not match its checksum"
+            raise IndexFormatError(msg)
         blobs[name] = data
     return label, manifest, blobs
 
@@ -425,7 +447,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 def _read_verified(directory: Path) -> tuple[str, dict[str, Any], dict[str, bytes]]:
     if not directory.is_dir():
-        raise IndexFormatError(f"no saved index at {str(directory)!r}: the directory does not exist")
+        msg = f"no saved index at {str(directory)!r}: the directory does not exist"
+        raise IndexFormatError(msg)
     for _ in range(_LOAD_ATTEMPTS):
         try:
             result = _read_generation(directory)
@@ -433,7 +456,8 @@ def _read_verified(directory: Path) -> tuple[str, dict[str, Any], dict[str, byte
         except _GenerationGone:
             continue
     else:
-        raise IndexFormatError(f"the index at {str(directory)!r} kept changing while it was read; try again")
+        msg = f"the index at {str(directory)!r} kept changing while it was read; try again"
+        raise IndexFormatError(msg)
     _cleanup_if_idle(directory)
     return result
 
@@ -464,24 +488,40 @@ def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] |
     directory = directory.expanduser()
     _, manifest, blobs = _read_verified(directory)
     stored_model = manifest["embedding_model"]
+    given_id = (
+        None
+        if embedder is None
+        else embedder.id
+        if isinstance(embedder, Embedder)
+        else embedder_id(os.fspath(embedder))
+    )
+    if given_id is not None and given_id != stored_model:  # before loading a model that cannot be used
+        msg = (
+            f"the index at {str(directory)!r} was built with embedding model {stored_model!r}, "
+            f"but {given_id!r} was given; queries would not match its vectors"
+        )
+        raise IndexFormatError(msg)
     if embedder is None:
         embedder = Embedder(None if stored_model == embedder_id(None) else stored_model)
     elif not isinstance(embedder, Embedder):
         embedder = Embedder(embedder)
     if embedder.id != stored_model:
-        raise IndexFormatError(
+        msg = (
             f"the index at {str(directory)!r} was built with embedding model {stored_model!r}, "
             f"but {embedder.id!r} was given; queries would not match its vectors"
         )
+        raise IndexFormatError(msg)
     if embedder.dimension != manifest["dimension"]:
-        raise IndexFormatError(
+        msg = (
             f"the index at {str(directory)!r} stores {manifest['dimension']}-dimensional vectors, "
             f"but the embedder {embedder.id!r} produces {embedder.dimension}-dimensional ones"
         )
+        raise IndexFormatError(msg)
     try:
         faiss_index = faiss.deserialize_index(np.frombuffer(blobs[INDEX_FILE], dtype=np.uint8))
     except RuntimeError as exc:
-        raise IndexFormatError(f"{INDEX_FILE} of the index at {str(directory)!r} cannot be read: {exc}") from exc
+        msg = f"{INDEX_FILE} of the index at {str(directory)!r} cannot be read: {exc}"
+        raise IndexFormatError(msg) from exc
     _check_faiss_index(faiss, faiss_index, manifest, directory)
     params = manifest["index_params"]
     retrieval = manifest.get("retrieval", {"mode": "dense", "hybrid_fusion": "weighted", "hybrid_weight": 0.5})
@@ -506,13 +546,17 @@ def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] |
             doc = Document(record["id"], record["text"], record["metadata"])
             int_id = record["faiss_id"]
             if not isinstance(doc.id, str) or not isinstance(doc.text, str) or not isinstance(doc.metadata, dict):
-                raise TypeError("id and text must be strings and metadata an object")
+                msg = "id and text must be strings and metadata an object"
+                raise TypeError(msg)
             if isinstance(int_id, bool) or not isinstance(int_id, int) or not 0 <= int_id < manifest["next_id"]:
-                raise ValueError(f"faiss_id {int_id!r} is not below next_id {manifest['next_id']}")
+                msg = f"faiss_id {int_id!r} is not below next_id {manifest['next_id']}"
+                raise ValueError(msg)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{DOCUMENTS_FILE} line {line_no} is malformed: {exc}") from exc
+            msg = f"{DOCUMENTS_FILE} line {line_no} is malformed: {exc}"
+            raise IndexFormatError(msg) from exc
         if int_id in index._docs or doc.id in index._ids:
-            raise IndexFormatError(f"{DOCUMENTS_FILE} line {line_no} repeats document {doc.id!r} or faiss id {int_id}")
+            msg = f"{DOCUMENTS_FILE} line {line_no} repeats document {doc.id!r} or faiss id {int_id}"
+            raise IndexFormatError(msg)
         index._docs[int_id] = doc
         index._ids[doc.id] = int_id
     index._next_id = manifest["next_id"]
@@ -524,30 +568,33 @@ def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] |
         or (index._deleted & set(index._docs))
         or any(i >= manifest["next_id"] for i in index._deleted)
     ):
-        raise IndexFormatError(
+        msg = (
             f"the index at {str(directory)!r} is inconsistent: manifest count {manifest['count']}, "
             f"{len(index)} documents, {faiss_index.ntotal} vectors, {len(index._deleted)} deleted"
         )
+        raise IndexFormatError(msg)
     if manifest.get("lexical") is not None:
         try:
             index._lexical = LexicalIndex.from_files(blobs, set(index._docs))
         except (KeyError, TypeError, ValueError) as exc:
-            raise IndexFormatError(f"the lexical index of {str(directory)!r} is inconsistent: {exc}") from exc
+            msg = f"the lexical index of {str(directory)!r} is inconsistent: {exc}"
+            raise IndexFormatError(msg) from exc
     index.mode = retrieval["mode"]
     return index
 
 
 def _check_faiss_index(faiss: Any, faiss_index: Any, manifest: Mapping[str, Any], directory: Path) -> None:
     if not isinstance(faiss_index, faiss.IndexIDMap2):
-        raise IndexFormatError(f"{INDEX_FILE} of the index at {str(directory)!r} is not an id-mapped FAISS index")
+        msg = f"{INDEX_FILE} of the index at {str(directory)!r} is not an id-mapped FAISS index"
+        raise IndexFormatError(msg)
     base = faiss.downcast_index(faiss_index.index)
     expected = {"flat": faiss.IndexFlatIP, "hnsw": faiss.IndexHNSWFlat, "ivf": faiss.IndexIVFFlat}
     if not isinstance(base, expected[manifest["index_type"]]):
-        raise IndexFormatError(
+        msg = (
             f"the index at {str(directory)!r} says index_type {manifest['index_type']!r}, "
             f"but {INDEX_FILE} holds a {type(base).__name__}"
         )
+        raise IndexFormatError(msg)
     if faiss_index.d != manifest["dimension"]:
-        raise IndexFormatError(
-            f"{INDEX_FILE} has dimension {faiss_index.d} but the manifest says {manifest['dimension']}"
-        )
+        msg = f"{INDEX_FILE} has dimension {faiss_index.d} but the manifest says {manifest['dimension']}"
+        raise IndexFormatError(msg)

@@ -31,11 +31,14 @@ class TokenChunker:
 
     def __init__(self, tokenizer: Any, *, chunk_tokens: int = 200, overlap: int = 40) -> None:
         if chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+            msg = f"chunk_tokens must be >= 1, got {chunk_tokens}"
+            raise ValueError(msg)
         if not 0 <= overlap < chunk_tokens:
-            raise ValueError(f"overlap must be >= 0 and < chunk_tokens ({chunk_tokens}), got {overlap}")
+            msg = f"overlap must be >= 0 and < chunk_tokens ({chunk_tokens}), got {overlap}"
+            raise ValueError(msg)
         if not getattr(tokenizer, "is_fast", False):
-            raise TypeError("TokenChunker needs a fast (Rust) tokenizer that returns character offsets")
+            msg = "TokenChunker needs a fast (Rust) tokenizer that returns character offsets"
+            raise TypeError(msg)
         self.tokenizer = tokenizer
         self.chunk_tokens = chunk_tokens
         self.overlap = overlap
@@ -43,7 +46,8 @@ class TokenChunker:
     def split(self, text: str, *, source: str = "", metadata: Mapping[str, Any] | None = None) -> list[Chunk]:
         """Chunks of ``text``; an empty or blank text gives no chunks."""
         if not isinstance(text, str):
-            raise TypeError(f"text must be a string, got {type(text).__name__}")
+            msg = f"text must be a string, got {type(text).__name__}"
+            raise TypeError(msg)
         if not text.strip():
             return []
         offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]

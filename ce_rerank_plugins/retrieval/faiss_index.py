@@ -20,7 +20,7 @@ import numpy as np
 
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins._validation import check_sequence, check_text
-from ce_rerank_plugins.core._scores import FloatArray
+from ce_rerank_plugins.core import FloatArray
 from ce_rerank_plugins.retrieval._embedder import Embedder
 from ce_rerank_plugins.retrieval._lexical import LexicalIndex
 
@@ -75,14 +75,17 @@ def matches(metadata: Mapping[str, Any], where: MetadataFilter) -> bool:
 
 def _check_hybrid(fusion: object, weight: object) -> None:
     if fusion not in ("rrf", "weighted"):
-        raise ValueError(f"hybrid_fusion must be 'rrf' or 'weighted', got {fusion!r}")
+        msg = f"hybrid_fusion must be 'rrf' or 'weighted', got {fusion!r}"
+        raise ValueError(msg)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
-        raise ValueError(f"hybrid_weight must be a number in [0, 1], got {weight!r}")
+        msg = f"hybrid_weight must be a number in [0, 1], got {weight!r}"
+        raise ValueError(msg)
 
 
 def _check_where(where: object) -> None:
     if where is not None and not isinstance(where, Mapping):
-        raise TypeError(f"where must be a dict of metadata key -> value, got {type(where).__name__} ({where!r:.40})")
+        msg = f"where must be a dict of metadata key -> value, got {type(where).__name__} ({where!r:.40})"
+        raise TypeError(msg)
 
 
 def _json_value(value: object, where: str) -> Any:
@@ -93,17 +96,19 @@ def _json_value(value: object, where: str) -> Any:
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"{where} is {value!r}; JSON cannot store NaN or infinity, use None or a string")
+            msg = f"{where} is {value!r}; JSON cannot store NaN or infinity, use None or a string"
+            raise ValueError(msg)
         return value
     if isinstance(value, list):
         return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
         return validate_metadata(value, where)
     hint = " (convert it with float() or int())" if type(value).__module__ == "numpy" else ""
-    raise TypeError(
+    msg = (
         f"{where} is a {type(value).__name__}, which a saved index cannot store unchanged; "
         f"use str, int, float, bool, None, list or dict{hint}"
     )
+    raise TypeError(msg)
 
 
 def validate_metadata(metadata: object, where: str = "metadata") -> dict[str, Any]:
@@ -113,11 +118,13 @@ def validate_metadata(metadata: object, where: str = "metadata") -> dict[str, An
     (no int keys turned into strings, no tuples into lists, no NaN written as invalid JSON).
     """
     if not isinstance(metadata, Mapping):
-        raise TypeError(f"{where} must be a dict, got {type(metadata).__name__}")
+        msg = f"{where} must be a dict, got {type(metadata).__name__}"
+        raise TypeError(msg)
     out: dict[str, Any] = {}
     for key, value in metadata.items():
         if not isinstance(key, str):
-            raise TypeError(f"{where} has the key {key!r} ({type(key).__name__}); metadata keys must be strings")
+            msg = f"{where} has the key {key!r} ({type(key).__name__}); metadata keys must be strings"
+            raise TypeError(msg)
         out[key] = _json_value(value, f"{where}[{key!r}]")
     return out
 
@@ -167,12 +174,15 @@ class FaissIndex:
         hybrid_weight: float = 0.5,
     ) -> None:
         if mode not in RETRIEVAL_MODES:
-            raise ValueError(f"mode must be one of {list(RETRIEVAL_MODES)}, got {mode!r}")
+            msg = f"mode must be one of {list(RETRIEVAL_MODES)}, got {mode!r}"
+            raise ValueError(msg)
         if mode != "dense" and not lexical:
-            raise ValueError(f"mode={mode!r} needs the BM25 index: pass lexical=True")
+            msg = f"mode={mode!r} needs the BM25 index: pass lexical=True"
+            raise ValueError(msg)
         _check_hybrid(hybrid_fusion, hybrid_weight)
         if index_type not in _INDEX_TYPES:
-            raise ValueError(f"index_type must be one of {list(_INDEX_TYPES)}, got {index_type!r}")
+            msg = f"index_type must be one of {list(_INDEX_TYPES)}, got {index_type!r}"
+            raise ValueError(msg)
         self.embedder = embedder if isinstance(embedder, Embedder) else Embedder(embedder)
         self.index_type: IndexType = index_type
         self.params: dict[str, Any] = {
@@ -211,10 +221,11 @@ class FaissIndex:
         else:
             nlist = self.params["nlist"] or max(1, int(math.sqrt(max(n_first, 1))))
             if n_first < nlist:
-                raise ValueError(
+                msg = (
                     f"an IVF index with nlist={nlist} must be trained on at least {nlist} vectors, but the first "
                     f"add() has {n_first}; add more documents at once, lower nlist, or use index_type='flat'"
                 )
+                raise ValueError(msg)
             self.params["nlist"] = nlist
             quantizer = faiss.IndexFlatIP(d)
             base = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -235,7 +246,8 @@ class FaissIndex:
     def get(self, doc_id: str) -> Document:
         """The stored document with ``doc_id``; KeyError names unknown ids."""
         if doc_id not in self._ids:
-            raise KeyError(f"no document with id {doc_id!r} in the index")
+            msg = f"no document with id {doc_id!r} in the index"
+            raise KeyError(msg)
         return self._docs[self._ids[doc_id]]
 
     # -- adding and deleting ----------------------------------------------------------------
@@ -264,11 +276,14 @@ class FaissIndex:
         meta_list = None if metadatas is None else check_sequence(metadatas, "metadatas")
         for i, doc_id in enumerate(id_list or []):
             if not isinstance(doc_id, str) or not doc_id:
-                raise TypeError(f"ids[{i}] must be a non-empty string, got {doc_id!r:.60}")
+                msg = f"ids[{i}] must be a non-empty string, got {doc_id!r:.60}"
+                raise TypeError(msg)
         if id_list is not None and len(id_list) != len(texts):
-            raise ValueError(f"got {len(id_list)} ids for {len(texts)} texts")
+            msg = f"got {len(id_list)} ids for {len(texts)} texts"
+            raise ValueError(msg)
         if meta_list is not None and len(meta_list) != len(texts):
-            raise ValueError(f"got {len(meta_list)} metadatas for {len(texts)} texts")
+            msg = f"got {len(meta_list)} metadatas for {len(texts)} texts"
+            raise ValueError(msg)
         docs = [
             Document(
                 id=id_list[i] if id_list is not None else f"doc-{self._next_id + i}",
@@ -290,16 +305,19 @@ class FaissIndex:
         docs = []
         for i, doc in enumerate(check_sequence(documents, "documents")):
             if not isinstance(doc, Document):
-                raise TypeError(f"documents[{i}] must be a Document, got {type(doc).__name__}")
+                msg = f"documents[{i}] must be a Document, got {type(doc).__name__}"
+                raise TypeError(msg)
             if not isinstance(doc.id, str) or not doc.id:
-                raise TypeError(f"documents[{i}].id must be a non-empty string, got {doc.id!r:.60}")
+                msg = f"documents[{i}].id must be a non-empty string, got {doc.id!r:.60}"
+                raise TypeError(msg)
             check_text(doc.id, f"documents[{i}].id")
             check_text(doc.text, f"documents[{i}].text")
             docs.append(Document(doc.id, doc.text, validate_metadata(doc.metadata, f"metadatas[{i}]")))
         seen: set[str] = set()
         for doc in docs:
             if doc.id in self._ids or doc.id in seen:
-                raise ValueError(f"duplicate document id {doc.id!r}: ids must be unique; delete it first to replace it")
+                msg = f"duplicate document id {doc.id!r}: ids must be unique; delete it first to replace it"
+                raise ValueError(msg)
             seen.add(doc.id)
         if not docs:
             return []
@@ -309,15 +327,18 @@ class FaissIndex:
             vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
             norms = np.linalg.norm(vectors, axis=1) if vectors.ndim == 2 else np.zeros(0)
             if vectors.ndim == 2 and not np.allclose(norms, 1.0, atol=1e-3):
-                raise ValueError("embeddings must be L2-normalised (inner product is cosine only for unit vectors)")
+                msg = "embeddings must be L2-normalised (inner product is cosine only for unit vectors)"
+                raise ValueError(msg)
         self._add_vectors(docs, vectors)
         return [d.id for d in docs]
 
     def _add_vectors(self, docs: Sequence[Document], vectors: FloatArray) -> None:
         if vectors.shape != (len(docs), self.dimension):
-            raise ValueError(f"expected vectors of shape {(len(docs), self.dimension)}, got {vectors.shape}")
+            msg = f"expected vectors of shape {(len(docs), self.dimension)}, got {vectors.shape}"
+            raise ValueError(msg)
         if not np.all(np.isfinite(vectors)):
-            raise ValueError("embeddings must be finite (got NaN or infinity)")
+            msg = "embeddings must be finite (got NaN or infinity)"
+            raise ValueError(msg)
         tokens = self._lexical.tokenize([d.text for d in docs]) if self._lexical is not None else None
         with self._lock:
             self._add_vectors_locked(docs, vectors, tokens)
@@ -327,7 +348,8 @@ class FaissIndex:
     ) -> None:
         for doc in docs:  # again under the lock: another thread may have added the id meanwhile
             if doc.id in self._ids:
-                raise ValueError(f"duplicate document id {doc.id!r}: ids must be unique; delete it first to replace it")
+                msg = f"duplicate document id {doc.id!r}: ids must be unique; delete it first to replace it"
+                raise ValueError(msg)
         faiss_index = self._faiss_index
         if faiss_index is None:
             faiss_index = self._new_index(len(docs))
@@ -351,7 +373,8 @@ class FaissIndex:
         given = check_sequence(ids, "ids")
         for i, doc_id in enumerate(given):
             if not isinstance(doc_id, str):
-                raise TypeError(f"ids[{i}] must be a string, got {type(doc_id).__name__}")
+                msg = f"ids[{i}] must be a string, got {type(doc_id).__name__}"
+                raise TypeError(msg)
         wanted = list(dict.fromkeys(given))
         with self._lock:
             self._delete_locked(wanted)
@@ -359,7 +382,8 @@ class FaissIndex:
     def _delete_locked(self, wanted: list[str]) -> None:
         unknown = [i for i in wanted if i not in self._ids]
         if unknown:
-            raise KeyError(f"cannot delete unknown document ids {unknown[:10]}")
+            msg = f"cannot delete unknown document ids {unknown[:10]}"
+            raise KeyError(msg)
         int_ids = np.asarray([self._ids[i] for i in wanted], dtype=np.int64)
         if len(int_ids) == 0:
             return
@@ -368,7 +392,8 @@ class FaissIndex:
         else:
             removed = self._faiss_index.remove_ids(int_ids)
             if removed != len(int_ids):
-                raise RuntimeError(f"FAISS removed {removed} of {len(int_ids)} vectors; the index is unchanged")
+                msg = f"FAISS removed {removed} of {len(int_ids)} vectors; the index is unchanged"
+                raise RuntimeError(msg)
         for doc_id, int_id in zip(wanted, int_ids.tolist(), strict=True):
             del self._ids[doc_id]
             del self._docs[int_id]
@@ -397,18 +422,22 @@ class FaissIndex:
     ) -> list[list[SearchHit]]:
         """Batched :meth:`search`: one embedding pass and one FAISS call for all ``queries``."""
         if isinstance(queries, str):
-            raise TypeError("search_many takes a list of query strings; use search() for one query")
+            msg = "search_many takes a list of query strings; use search() for one query"
+            raise TypeError(msg)
         queries = check_sequence(queries, "queries")
         for i, q in enumerate(queries):
             check_text(q, f"queries[{i}]")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            msg = f"k must be a positive integer, got {k!r}"
+            raise ValueError(msg)
         _check_where(where)
         mode = self.mode if mode is None else mode
         if mode not in RETRIEVAL_MODES:
-            raise ValueError(f"mode must be one of {list(RETRIEVAL_MODES)}, got {mode!r}")
+            msg = f"mode must be one of {list(RETRIEVAL_MODES)}, got {mode!r}"
+            raise ValueError(msg)
         if mode != "dense" and self._lexical is None:
-            raise ValueError(f"mode={mode!r} needs the BM25 index: build the index with lexical=True")
+            msg = f"mode={mode!r} needs the BM25 index: build the index with lexical=True"
+            raise ValueError(msg)
         if not queries:
             return []
         if mode == "bm25":

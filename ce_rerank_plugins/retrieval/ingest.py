@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,8 @@ def collect_files(paths: Sequence[Path], *, exclude: Sequence[Path] = ()) -> Ing
     for path in paths:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"no such file or folder: {path}")
+            msg = f"no such file or folder: {path}"
+            raise FileNotFoundError(msg)
         if path.is_dir():
             for p in sorted(path.rglob("*")):
                 if not p.is_file() or _inside(p, excluded):
@@ -88,14 +89,16 @@ def collect_files(paths: Sequence[Path], *, exclude: Sequence[Path] = ()) -> Ing
         elif path.suffix in SUPPORTED_SUFFIXES:
             files.append((path, path.name))
         else:
-            raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(SUPPORTED_SUFFIXES)})")
+            msg = f"{path}: unsupported file type {path.suffix!r} (use {', '.join(SUPPORTED_SUFFIXES)})"
+            raise ValueError(msg)
     sources = [s for _, s in files]
     repeated = sorted({s for s in sources if sources.count(s) > 1})
     if repeated:
-        raise ValueError(
+        msg = (
             f"two inputs have the same source name {repeated[:3]}: give their common parent folder instead, "
             f"so each is named by its path"
         )
+        raise ValueError(msg)
     return IngestedFiles(files, skipped)
 
 
@@ -108,9 +111,11 @@ def _read_jsonl(file: Path, source: str) -> list[SourceRecord]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{file}:{line_no}: not valid JSON ({exc.msg})") from exc
+                msg = f"{file}:{line_no}: not valid JSON ({exc.msg})"
+                raise ValueError(msg) from exc
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise ValueError(f"{file}:{line_no}: each line needs a string field 'text'")
+                msg = f"{file}:{line_no}: each line needs a string field 'text'"
+                raise ValueError(msg)
             doc_id = str(row.get("id", row.get("_id", f"{source}:{line_no}")))
             text = f"{row['title']} {row['text']}".strip() if row.get("title") else row["text"]
             position = row.get(POSITION_KEY, row.get("position", line_no))
@@ -147,6 +152,7 @@ def build_index_from_files(
     show_progress: bool | None = None,
     lexical: bool = False,
     mode: str = "dense",
+    encode: Callable[[list[str]], Any] | None = None,
 ) -> tuple[Any, IngestedFiles]:
     """Read, chunk and embed files into a new ``FaissIndex``; returns it and what was (not) read.
 
@@ -160,6 +166,8 @@ def build_index_from_files(
         show_progress: Progress bar while embedding.
         lexical: Keep a BM25 index beside the vectors.
         mode: The index's default retrieval mode (``dense``, ``bm25``, ``hybrid``).
+        encode: Embeds the chunk texts elsewhere (e.g. :func:`ce_rerank_plugins.ray_data.embed_texts`)
+            with the same bi-encoder; None embeds them here.
 
     Raises:
         FileNotFoundError: No readable file was found.
@@ -170,7 +178,8 @@ def build_index_from_files(
 
     found = collect_files(paths, exclude=exclude)
     if not found.files:
-        raise FileNotFoundError(f"no .txt, .md or .jsonl files found in {', '.join(map(str, paths))}")
+        msg = f"no .txt, .md or .jsonl files found in {', '.join(map(str, paths))}"
+        raise FileNotFoundError(msg)
     records = read_records(found)
     index = FaissIndex(
         embedder,
@@ -193,6 +202,13 @@ def build_index_from_files(
             texts.append(chunk.text)
             metas.append({**chunk.metadata, POSITION_KEY: position})
     if not texts:
-        raise ValueError("the input files hold no text to index")
-    index.add(texts, ids=ids, metadatas=metas)
+        msg = "the input files hold no text to index"
+        raise ValueError(msg)
+    if encode is None:
+        index.add(texts, ids=ids, metadatas=metas)
+    else:
+        from ce_rerank_plugins.retrieval.faiss_index import Document
+
+        docs = [Document(i, t, m) for i, t, m in zip(ids, texts, metas, strict=True)]
+        index.add_documents(docs, embeddings=encode(texts))
     return index, found

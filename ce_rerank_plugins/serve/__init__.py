@@ -7,7 +7,8 @@
 core's worker, so the server does no batching of its own. Blocking work runs in a thread pool.
 
 Needs the ``serve`` extra (``pip install 'ce-rerank-plugins[serve]'``). Run it with
-``ce-rerank serve`` (uvicorn) or mount :func:`create_app` in any ASGI server.
+``ce-rerank serve`` (uvicorn) or mount :func:`create_app` in any ASGI server. The same app runs as a
+Ray Serve deployment (:func:`ray_application`, :func:`run_on_ray`; the ``ray`` extra).
 """
 
 from __future__ import annotations
@@ -18,14 +19,29 @@ from ce_rerank_plugins.serve._client import RemoteReranker, RemoteRerankError
 
 if TYPE_CHECKING:
     from ce_rerank_plugins.serve._app import ServeLimits, create_app
+    from ce_rerank_plugins.serve._ray import RayServeSettings, ray_application, run_on_ray
 
-__all__ = ["RemoteRerankError", "RemoteReranker", "ServeLimits", "create_app"]
+__all__ = [
+    "RayServeSettings",
+    "RemoteRerankError",
+    "RemoteReranker",
+    "ServeLimits",
+    "create_app",
+    "ray_application",
+    "run_on_ray",
+]
 
 
 def __getattr__(name: str) -> Any:
-    # The server needs FastAPI (the serve extra); the client only httpx. Import the server on use.
+    # The server needs FastAPI (the serve extra), Ray Serve the ray extra; the client only httpx.
+    # Import each on use.
     if name in ("ServeLimits", "create_app"):
         from ce_rerank_plugins.serve import _app
 
         return getattr(_app, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in ("RayServeSettings", "ray_application", "run_on_ray"):
+        from ce_rerank_plugins.serve import _ray
+
+        return getattr(_ray, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -77,7 +77,7 @@ def create_app(
             if callable(reranker):
                 state["reranker"] = reranker()
             else:
-                from ce_rerank_plugins.core._loading import default_model
+                from ce_rerank_plugins.core import default_model
 
                 state["reranker"] = CrossEncoderReranker(default_model())
         except BaseException as exc:  # reported by /health and every request
@@ -95,10 +95,13 @@ def create_app(
 
     def current() -> CrossEncoderReranker:
         if failure:
-            raise _Unavailable(f"the model failed to load: {failure[0]}")
+            msg = f"the model failed to load: {failure[0]}"
+            raise _Unavailable(msg)
         if not ready.is_set() or state["reranker"] is None:
-            raise _Unavailable("the model is still loading; retry shortly")
-        return state["reranker"]
+            msg = "the model is still loading; retry shortly"
+            raise _Unavailable(msg)
+        loaded: CrossEncoderReranker = state["reranker"]
+        return loaded
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)

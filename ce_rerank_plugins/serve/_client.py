@@ -12,12 +12,20 @@ import numpy as np
 
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins._validation import check_sequence, check_text
-from ce_rerank_plugins.core import RankedResult, check_rank_options, select_results
-from ce_rerank_plugins.core._fusion import Fusion, check_first_stage, check_fusion, fuse_scores
+from ce_rerank_plugins.core import (
+    Fusion,
+    RankedResult,
+    check_first_stage,
+    check_fusion,
+    check_rank_options,
+    fuse_scores,
+    select_results,
+)
 from ce_rerank_plugins.errors import CERerankError
 
-#: Status codes worth another try: the server is loading, overloaded or restarting.
-RETRY_STATUSES = frozenset({502, 503, 504})
+#: Status codes worth another try: any 5xx (the server is loading, overloaded, restarting, or a replica
+#: died mid-request). Reranking is a pure function of the request, so a retry can never apply twice.
+RETRY_STATUSES = frozenset(range(500, 600))
 
 
 def _checked(query: object, documents: object, top_n: object) -> list[str]:
@@ -67,7 +75,7 @@ class RemoteReranker:
         url: The server's base URL, e.g. ``"http://127.0.0.1:8080"``.
         model: The model to ask for (None: the server's).
         timeout: Seconds per attempt.
-        retries: Further attempts after a connection error or a 502/503/504 (a 4xx is never retried).
+        retries: Further attempts after a connection error or a 5xx (a 4xx is never retried).
         backoff: Seconds before the first retry; doubled each time.
 
     Example:
@@ -86,7 +94,8 @@ class RemoteReranker:
     ) -> None:
         self._httpx = require("httpx", "serve", purpose="RemoteReranker")
         if retries < 0 or timeout <= 0 or backoff < 0:
-            raise ValueError("retries and backoff must be >= 0 and timeout > 0")
+            msg = "retries and backoff must be >= 0 and timeout > 0"
+            raise ValueError(msg)
         self.url = url.rstrip("/")
         self.model = model
         self.timeout = timeout
@@ -118,7 +127,8 @@ class RemoteReranker:
         for r in response.json()["results"]:
             scores[int(r["index"])] = float(r["relevance_score"])
         if np.isnan(scores).any():
-            raise RemoteRerankError(f"the server returned {int((~np.isnan(scores)).sum())} scores for {n} documents")
+            msg = f"the server returned {int((~np.isnan(scores)).sum())} scores for {n} documents"
+            raise RemoteRerankError(msg)
         return scores
 
     @property
@@ -160,7 +170,8 @@ class RemoteReranker:
 
     def _unreachable(self, attempt: int, exc: Exception) -> None:
         if attempt == self.retries:
-            raise RemoteRerankError(f"cannot reach {self.url} after {attempt + 1} attempts: {exc}") from exc
+            msg = f"cannot reach {self.url} after {attempt + 1} attempts: {exc}"
+            raise RemoteRerankError(msg) from exc
 
     def rank(
         self,
@@ -192,7 +203,8 @@ class RemoteReranker:
                     return answer
             time.sleep(delay)
             delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+        msg = "unreachable"
+        raise AssertionError(msg)  # pragma: no cover
 
     async def arank(
         self,
@@ -225,14 +237,16 @@ class RemoteReranker:
                         return answer
                 await asyncio.sleep(delay)
                 delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+        msg = "unreachable"
+        raise AssertionError(msg)  # pragma: no cover
 
     def predict(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray[Any, Any]:
         """Scores of (query, passage) pairs, one request per distinct query, in input order."""
         checked = []
         for i, pair in enumerate(check_sequence(pairs, "pairs")):
             if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
-                raise TypeError(f"pairs[{i}] must be a (text_a, text_b) pair, got {pair!r:.80}")
+                msg = f"pairs[{i}] must be a (text_a, text_b) pair, got {pair!r:.80}"
+                raise TypeError(msg)
             checked.append((check_text(pair[0], f"pairs[{i}][0]"), check_text(pair[1], f"pairs[{i}][1]")))
         scores = np.zeros(len(checked), dtype=np.float32)
         by_query: dict[str, list[int]] = {}

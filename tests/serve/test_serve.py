@@ -61,8 +61,7 @@ def reranker(tiny_ce_path) -> CrossEncoderReranker:
 
 @pytest.fixture(scope="module")
 def server(reranker) -> Iterator[_Server]:
-    limits = ServeLimits(max_documents=5, max_document_chars=200, max_body_bytes=4000)
-    with _Server(create_app(reranker, limits=limits)) as running:
+    with _Server(create_app(reranker, limits=TEST_LIMITS)) as running:
         yield running
 
 
@@ -101,31 +100,40 @@ def test_health_and_models(server, reranker):
     assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"] == reranker.key.model
 
 
-@pytest.mark.parametrize(
-    ("payload", "status", "message"),
-    [
-        ({"documents": ["a"]}, 422, "query: Field required"),
-        ({"query": "q", "documents": "abc"}, 422, "documents: Input should be a valid list"),
-        ({"query": "q", "documents": [1]}, 422, "invalid request: documents.0"),
-        ({"query": "q", "documents": ["a"], "top_n": 0}, 422, "top_n: Input should be greater than or equal to 1"),
-        ({"query": "q", "documents": ["a"], "topn": 1}, 422, "topn: Extra inputs are not permitted"),
-        ({"query": "q", "documents": ["a"], "model": "other/model"}, 422, "this server serves"),
-        ({"query": "q\ud800", "documents": ["a"]}, 422, None),
-        ({"query": "q", "documents": ["a"] * 6}, 413, "6 documents, more than the limit of 5"),
-        ({"query": "q", "documents": ["x" * 201]}, 413, r"documents\[0\] has 201 characters"),
-        (
-            {"query": "q", "documents": ["x" * 190] * 5 + ["y"] * 0, "pad": "z" * 3000},
-            413,
-            "more than the limit of 4000",
-        ),
-    ],
-)
-def test_errors_and_limits_are_json_with_their_status(server, payload, status, message):
+#: Each bad request, the status it gets and its message (also run against Ray Serve in test_ray_serve.py).
+ERROR_CASES = [
+    ({"documents": ["a"]}, 422, "query: Field required"),
+    ({"query": "q", "documents": "abc"}, 422, "documents: Input should be a valid list"),
+    ({"query": "q", "documents": [1]}, 422, "invalid request: documents.0"),
+    ({"query": "q", "documents": ["a"], "top_n": 0}, 422, "top_n: Input should be greater than or equal to 1"),
+    ({"query": "q", "documents": ["a"], "topn": 1}, 422, "topn: Extra inputs are not permitted"),
+    ({"query": "q", "documents": ["a"], "model": "other/model"}, 422, "this server serves"),
+    ({"query": "q\ud800", "documents": ["a"]}, 422, None),
+    ({"query": "q", "documents": ["a"] * 65}, 413, "65 documents, more than the limit of 64"),
+    ({"query": "q", "documents": ["x" * 201]}, 413, r"documents\[0\] has 201 characters"),
+    (
+        {"query": "q", "documents": ["x" * 190] * 5, "pad": "z" * 16000},
+        413,
+        "more than the limit of 16000",
+    ),
+]
+#: The limits the error cases are written for.
+TEST_LIMITS = ServeLimits(max_documents=64, max_document_chars=200, max_body_bytes=16000)
+
+
+def post_raw(url: str, payload: dict) -> httpx.Response:
+    """POST ``payload`` as ASCII JSON (lone surrogates escaped, as a client in another language may send)."""
     import json as _json
-    import re
 
     body = _json.dumps(payload, ensure_ascii=True)
-    response = httpx.post(f"{server.url}/v1/rerank", content=body, headers={"content-type": "application/json"})
+    return httpx.post(f"{url}/v1/rerank", content=body, headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize(("payload", "status", "message"), ERROR_CASES)
+def test_errors_and_limits_are_json_with_their_status(server, payload, status, message):
+    import re
+
+    response = post_raw(server.url, payload)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["status"] == status
@@ -160,6 +168,36 @@ def test_a_failed_load_is_reported_not_hidden(tmp_path):
             time.sleep(0.05)
         health = httpx.get(f"{running.url}/health")
         assert health.status_code == 503 and "failed to load" in health.json()["error"]["message"]
+
+
+def test_a_500_is_retried_and_a_persistent_one_fails_loudly():
+    # Ray Serve answers 500 for the requests in flight on a replica that dies; reranking is a pure
+    # function of the request, so the client retries any 5xx.
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    calls = {"n": 0}
+    flaky = FastAPI()
+
+    @flaky.post("/v1/rerank")
+    async def _rerank() -> JSONResponse:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            return JSONResponse({"error": "replica died"}, status_code=500)
+        return JSONResponse(
+            {"model": "m", "results": [{"index": 1, "relevance_score": 2.0}, {"index": 0, "relevance_score": 1.0}]}
+        )
+
+    with _Server(flaky) as running:
+        assert [r.corpus_id for r in RemoteReranker(running.url, retries=2, backoff=0.01).rank("q", ["a", "b"])] == [
+            1,
+            0,
+        ]
+        assert calls["n"] == 3
+        calls["n"] = -10
+        with pytest.raises(RemoteRerankError, match="500"):
+            RemoteReranker(running.url, retries=1, backoff=0.01).rank("q", ["a", "b"])
+        assert calls["n"] == -8
 
 
 def test_an_unreachable_server_is_a_clear_error_after_the_retries():
