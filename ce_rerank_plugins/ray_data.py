@@ -63,11 +63,10 @@ class _EmbedActor:
     """Loads the bi-encoder once; embeds one batch of (position, text) rows per call."""
 
     def __init__(self, embedder: str | None, batch_size: int, threads: int) -> None:
-        import torch
-
+        from ce_rerank_plugins.core import set_threads
         from ce_rerank_plugins.retrieval import Embedder
 
-        torch.set_num_threads(threads)
+        set_threads(threads)
         self.embedder = Embedder(embedder, batch_size=batch_size)
 
     def __call__(self, batch: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
@@ -140,11 +139,9 @@ class _RerankActor:
     """Loads the core cross-encoder once; scores every row of a batch in one ``predict`` call."""
 
     def __init__(self, model: str | None, precision: str, threads: int) -> None:
-        import torch
+        from ce_rerank_plugins.core import CrossEncoderReranker, default_model, set_threads
 
-        from ce_rerank_plugins.core import CrossEncoderReranker, default_model
-
-        torch.set_num_threads(threads)
+        set_threads(threads)
         self.reranker = CrossEncoderReranker(
             model or default_model(),
             precision=precision,  # type: ignore[arg-type]

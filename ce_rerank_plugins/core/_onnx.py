@@ -18,14 +18,16 @@ import threading
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ce_rerank_plugins._files import sha256_file
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins.core._scores import FloatArray
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 def weights_sha256(model: torch.nn.Module) -> str:
     """A hash of the weights (names, shapes, dtypes and bytes), whatever file they came from."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         data = tensor.detach().contiguous().cpu()
@@ -82,6 +86,8 @@ def _cached_file(directory: Path, filename: str, model_hash: str) -> Path | None
 
 
 def _record(directory: Path, filename: str, model_hash: str) -> None:
+    import torch
+
     manifest = _read_manifest(directory)
     if manifest.get("model_sha256") != model_hash:
         manifest = {"model_sha256": model_hash, "files": {}}
@@ -105,6 +111,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _export_fp32(hf_model: torch.nn.Module, input_names: list[str], target: Path) -> None:
     """Trace ``hf_model`` (a transformers sequence-classification model) to ONNX with dynamic axes."""
+    import torch
+
     batch = 2
     example = {
         "input_ids": torch.full((batch, 8), 100, dtype=torch.long),
@@ -160,6 +168,8 @@ def _quantize_int8(source: Path, target: Path) -> None:
 
 def hf_model_of(cross_encoder: Any) -> torch.nn.Module:
     """The transformers model inside a sentence-transformers ``CrossEncoder``."""
+    import torch
+
     module = cross_encoder[0]
     hf = getattr(module, "model", None) or getattr(module, "auto_model", None)
     if not isinstance(hf, torch.nn.Module):
@@ -198,6 +208,8 @@ class OnnxRunner:
     """Runs tokenised features through an ONNX Runtime session on CPU and returns float32 logits."""
 
     def __init__(self, path: Path, input_names: list[str], *, threads: int | None = None) -> None:
+        import torch
+
         ort = require("onnxruntime", "onnx", purpose="The ONNX inference path")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -218,5 +230,7 @@ class OnnxRunner:
 
 def model_input_names(cross_encoder: Any) -> list[str]:
     """The tensors the tokenizer produces for a pair, in the order the exported graph takes them."""
+    import torch
+
     features = cross_encoder.preprocess([["a", "b"]])
     return [name for name in _INPUTS if name in features and torch.is_tensor(features[name])]

@@ -115,6 +115,9 @@ class Embedder:
 def _load_embedder(key: EmbedderKey) -> Any:
     from sentence_transformers import SentenceTransformer
 
+    from ce_rerank_plugins.core import apply_thread_policy
+
+    apply_thread_policy()
     try:
         return SentenceTransformer(key.source, device=key.device, local_files_only=Path(key.source).is_dir())
     except Exception as exc:

@@ -93,11 +93,9 @@ class RerankReplica:
     """One replica: loads the shared reranker before it takes traffic, then serves the common app."""
 
     def __init__(self, model: str | None, precision: str, limits: ServeLimits, threads: int) -> None:
-        import torch
+        from ce_rerank_plugins.core import CrossEncoderReranker, default_model, set_threads
 
-        from ce_rerank_plugins.core import CrossEncoderReranker, default_model
-
-        torch.set_num_threads(threads)  # one replica per reserved CPU share, not one thread per core each
+        set_threads(threads)  # one replica per reserved CPU share, not one thread per core each
         # Loaded here, in the constructor: Ray routes to a replica only once it is built, so a replacement
         # replica never answers 503 "loading" to traffic that a healthy one could take.
         self.reranker = CrossEncoderReranker(model or default_model(), precision=precision)  # type: ignore[arg-type]

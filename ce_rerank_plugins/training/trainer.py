@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ce_rerank_plugins._optional import require
-from ce_rerank_plugins.core._hardware import device_has_native_bf16, resolve_device
+from ce_rerank_plugins.core import device_has_native_bf16, resolve_device
 from ce_rerank_plugins.training.pairs import LabeledPair, reranking_samples
 
 logger = logging.getLogger(__name__)

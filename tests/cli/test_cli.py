@@ -247,7 +247,11 @@ def test_demo_answer_movement(after, answers, expected):
         (["index", "{empty}", "--out", "{tmp}/bad.csv"], 1, "it is a file, not a directory"),
         (["index", "{empty}", "--out", "{tmp}/o", "--index-type", "lsh"], 2, "--index-type must be flat, hnsw or ivf"),
         (["query", "{tmp}/missing", "q", "-k", "0", "-m", "{model}"], 2, "-k and -n must be >= 1"),
-        (["query", "{tmp}/missing", "q", "--precision", "fp8", "-m", "{model}"], 2, "--precision must be one of"),
+        (
+            ["query", "{tmp}/missing", "q", "--precision", "fp8", "-m", "{model}"],
+            2,
+            "'fp8' is not one of 'auto', 'fp32', 'bf16', 'onnx', 'onnx-int8'",
+        ),
         (["eval", "{tmp}/missing", "--depths", "0", "-m", "{model}"], 2, "--depths must be positive integers"),
         (["eval", "{tmp}/missing", "--max-queries", "-1", "-m", "{model}"], 2, "--max-queries must be >= 1"),
         (
@@ -255,8 +259,8 @@ def test_demo_answer_movement(after, answers, expected):
             2,
             "--mode must be dense, bm25 or hybrid",
         ),
-        (["query", "{tmp}/missing", "q", "--mode", "lexical", "-m", "{model}"], 2, "--mode must be dense, bm25 or"),
-        (["index", "{empty}", "--out", "{tmp}/o", "--mode", "x"], 2, "--mode must be dense, bm25 or hybrid, got 'x'"),
+        (["query", "{tmp}/missing", "q", "--mode", "lexical", "-m", "{model}"], 2, "'lexical' is not one of 'dense'"),
+        (["index", "{empty}", "--out", "{tmp}/o", "--mode", "x"], 2, "'x' is not one of 'dense', 'bm25', 'hybrid'"),
         (["query", "{tmp}/missing", "question", "-m", "{model}"], 1, "no saved index at"),
         (["query", "{tmp}", "   ", "-m", "{model}"], 2, "the question is empty"),
         (["eval", "{noqrels}", "-m", "{model}"], 1, "qrels file .* is missing"),
