@@ -52,7 +52,8 @@ def wheel_with_bundled_model(tmp_path_factory, tiny_ce_path) -> Path:
     return _build(source, tmp_path_factory.mktemp("dist-bundled"))
 
 
-def _install(wheel: Path, tmp_path: Path) -> tuple[Path, Path]:
+def _fresh_venv(tmp_path: Path) -> tuple[Path, Path]:
+    """A new virtual environment outside the checkout: its python and its site-packages folder."""
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
@@ -64,15 +65,24 @@ def _install(wheel: Path, tmp_path: Path) -> tuple[Path, Path]:
             check=True,
         ).stdout.strip()
     )
-    # Third-party dependencies come from this test environment's site-packages, added as a plain path
-    # (its .pth files, including the editable install of the checkout, are not processed).
-    (target / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python, target
+
+
+def _install_wheel(wheel: Path, target: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
         check=True,
         capture_output=True,
         timeout=300,
     )
+
+
+def _install(wheel: Path, tmp_path: Path) -> tuple[Path, Path]:
+    python, target = _fresh_venv(tmp_path)
+    # Third-party dependencies come from this test environment's site-packages, added as a plain path
+    # (its .pth files, including the editable install of the checkout, are not processed).
+    (target / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    _install_wheel(wheel, target)
     return python, target
 
 
@@ -192,17 +202,7 @@ def _install_declared(wheel: Path, tmp_path: Path, extras: set[str]) -> tuple[Pa
     """A fresh venv holding the wheel and exactly the installed distributions its metadata declares."""
     from importlib import metadata
 
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=False)
-    python = env_dir / "bin" / "python"
-    target = Path(
-        subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    python, target = _fresh_venv(tmp_path)
     for name in _declared_closure(wheel, extras):
         dist = metadata.distribution(name)
         root = Path(dist.locate_file("")).resolve()
@@ -213,12 +213,7 @@ def _install_declared(wheel: Path, tmp_path: Path, extras: set[str]) -> tuple[Pa
             if source.exists() and not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(source)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    _install_wheel(wheel, target)
     return python, target
 
 
