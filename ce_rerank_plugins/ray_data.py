@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ce_rerank_plugins._files import portable_model_name
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins._validation import check_sequence, check_text
 
@@ -110,7 +111,7 @@ def embed_texts(
     embedded = dataset.map_batches(
         _EmbedActor,
         fn_constructor_kwargs={
-            "embedder": embedder,
+            "embedder": None if embedder is None else portable_model_name(embedder),
             "batch_size": batch_size,
             "threads": max(1, math.floor(cpus_per_actor)),
         },
@@ -229,7 +230,11 @@ def rerank_rows(
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // rows_per_batch, 8 * actors)))
     scored = dataset.map_batches(
         _RerankActor,
-        fn_constructor_kwargs={"model": model, "precision": precision, "threads": max(1, math.floor(cpus_per_actor))},
+        fn_constructor_kwargs={
+            "model": None if model is None else portable_model_name(model),
+            "precision": precision,
+            "threads": max(1, math.floor(cpus_per_actor)),
+        },
         batch_size=rows_per_batch,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),

@@ -11,8 +11,9 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
+from ce_rerank_plugins._files import portable_model_name
 from ce_rerank_plugins._optional import require
 
 require("ray.serve", "ray", purpose="ce-rerank serve --ray")
@@ -20,6 +21,7 @@ require("fastapi", "serve", purpose="ce-rerank serve --ray")
 
 from ray import serve  # noqa: E402
 
+from ce_rerank_plugins.core import Precision  # noqa: E402
 from ce_rerank_plugins.serve._app import ServeLimits, create_app  # noqa: E402
 
 #: The Ray Serve application and deployment name.
@@ -92,13 +94,13 @@ class RayServeSettings:
 class RerankReplica:
     """One replica: loads the shared reranker before it takes traffic, then serves the common app."""
 
-    def __init__(self, model: str | None, precision: str, limits: ServeLimits, threads: int) -> None:
+    def __init__(self, model: str | None, precision: Precision, limits: ServeLimits, threads: int) -> None:
         from ce_rerank_plugins.core import CrossEncoderReranker, default_model, set_threads
 
         set_threads(threads)  # one replica per reserved CPU share, not one thread per core each
         # Loaded here, in the constructor: Ray routes to a replica only once it is built, so a replacement
         # replica never answers 503 "loading" to traffic that a healthy one could take.
-        self.reranker = CrossEncoderReranker(model or default_model(), precision=precision)  # type: ignore[arg-type]
+        self.reranker = CrossEncoderReranker(model or default_model(), precision=precision)
         self._app = create_app(self.reranker, limits=limits)
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -106,9 +108,9 @@ class RerankReplica:
 
 
 def ray_application(
-    model: str | None = None,
+    model: str | os.PathLike[str] | None = None,
     *,
-    precision: str = "auto",
+    precision: Precision = "auto",
     limits: ServeLimits | None = None,
     settings: RayServeSettings | None = None,
 ) -> Any:
@@ -120,6 +122,11 @@ def ray_application(
         limits: Request limits, as for :func:`~ce_rerank_plugins.serve.create_app`.
         settings: Replicas, autoscaling and CPUs per replica.
     """
+    if precision not in get_args(Precision):  # here, not in every replica's failing constructor
+        msg = f"precision must be one of {list(get_args(Precision))}, got {precision!r}"
+        raise ValueError(msg)
+    if model is not None:
+        model = portable_model_name(model)
     settings = settings or RayServeSettings()
     threads = max(1, math.floor(settings.cpus_per_replica))
     deployment: Any = serve.deployment(serve.ingress()(RerankReplica), **settings.deployment_options())

@@ -134,3 +134,15 @@ def test_ray_settings_are_checked_and_translated():
         RayServeSettings(replicas=0)
     with pytest.raises(ValueError, match="cpus_per_replica"):
         RayServeSettings(cpus_per_replica=0)
+
+
+def test_ray_application_checks_its_arguments_before_any_replica_starts(tmp_path, monkeypatch):
+    from ce_rerank_plugins.serve._ray import ray_application
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ray_application("m", precision="fp8")  # type: ignore[arg-type]
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    bound = ray_application("model")  # a relative local path becomes absolute for the replicas
+    assert bound._bound_deployment.init_args[0] == str((tmp_path / "model").resolve())
+    assert ray_application("org/hub-model")._bound_deployment.init_args[0] == "org/hub-model"
