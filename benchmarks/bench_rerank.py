@@ -137,14 +137,26 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--threads",
+        default="torch",
+        help="torch threads for every path, baseline included: a count, 'auto' or 'torch' (torch's own default)",
+    )
     args = parser.parse_args()
 
     from sentence_transformers import CrossEncoder
 
+    from ce_rerank_plugins.core import set_threads
+
+    # One thread count for every row, set before anything runs: the baseline and our paths compare like
+    # for like (our default, CE_RERANK_THREADS=auto, would otherwise apply at our first load only).
+    set_threads(args.threads)
+    threads = torch.get_num_threads()
+
     model_path, model_note = resolve_model(args.model)
     lists = candidate_lists(args.data, args.queries, args.candidates)
     n_pairs = args.candidates
-    print(f"model: {model_path} ({model_note}); {len(lists)} queries x {n_pairs} MS MARCO passages")
+    print(f"model: {model_path} ({model_note}); {len(lists)} queries x {n_pairs} MS MARCO passages; {threads} threads")
     peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
 
     st = CrossEncoder(model_path, device="cpu")
@@ -271,6 +283,7 @@ def main() -> None:
             "model_note": model_note,
             "queries": len(lists),
             "candidates_per_query": n_pairs,
+            "torch_threads": threads,
             "max_length": max_length,
             "gflop_per_query_median": flops / 1e9,
             "matmul_peak_gflops": peak,
