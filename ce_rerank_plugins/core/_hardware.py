@@ -74,7 +74,15 @@ def apply_thread_policy() -> None:
     with _threads_lock:
         if _threads_decided:
             return
-    set_threads(check_threads(os.environ.get(THREADS_ENV_VAR, "auto"), f"${THREADS_ENV_VAR}"))
+    setting = check_threads(os.environ.get(THREADS_ENV_VAR, "auto"), f"${THREADS_ENV_VAR}")
+    count = set_threads(setting)
+    if count is not None:  # process-wide: say so, and how to opt out
+        logger.info(
+            "torch intra-op threads set to %d for this process (%s=%s; 'torch' leaves torch's own setting)",
+            count,
+            THREADS_ENV_VAR,
+            setting,
+        )
 
 
 def resolve_device(device: str | None) -> str:
