@@ -146,3 +146,14 @@ def test_ray_application_checks_its_arguments_before_any_replica_starts(tmp_path
     bound = ray_application("model")  # a relative local path becomes absolute for the replicas
     assert bound._bound_deployment.init_args[0] == str((tmp_path / "model").resolve())
     assert ray_application("org/hub-model")._bound_deployment.init_args[0] == "org/hub-model"
+
+
+def test_autoscaling_settings_are_accepted_by_ray_serve():
+    from ce_rerank_plugins.serve._ray import RayServeSettings, ray_application
+
+    settings = RayServeSettings(min_replicas=1, max_replicas=4, target_ongoing_requests=4, cpus_per_replica=2)
+    deployment = ray_application("m", settings=settings)._bound_deployment  # Ray validates the config here
+    autoscaling = deployment._deployment_config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (1, 4, 4.0)
+    assert deployment.ray_actor_options["num_cpus"] == 2
+    assert deployment.init_args[3] == 2  # the replica's torch threads follow its CPUs
