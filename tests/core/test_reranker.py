@@ -405,3 +405,15 @@ def test_bf16_keeps_the_scoring_head_in_fp32(tiny_ce_path):
     scores = model.predict(pairs, activation_fn=torch.nn.Identity())
     assert scores.dtype == np.float32
     np.testing.assert_allclose(scores, reference, atol=2e-2)
+
+
+@pytest.mark.parametrize(("flags", "warned"), [(frozenset(), True), (frozenset({"amx_bf16"}), False)])
+def test_explicit_bf16_on_a_cpu_without_native_bf16_is_warned_about(tiny_ce_path, monkeypatch, caplog, flags, warned):
+    from ce_rerank_plugins.core import _hardware
+
+    monkeypatch.setattr(_hardware, "cpu_flags", lambda: flags)
+    with caplog.at_level(logging.WARNING, logger="ce_rerank_plugins.core.reranker"):
+        CrossEncoderReranker(tiny_ce_path, device="cpu", precision="bf16", cache=None)
+        auto = CrossEncoderReranker(tiny_ce_path, device="cpu", precision="auto", cache=None)
+    assert ("without AMX or AVX512-BF16" in caplog.text) is warned
+    assert auto.key.precision == ("bf16" if flags else "fp32")  # auto never picks emulated bf16
