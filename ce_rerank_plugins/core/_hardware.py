@@ -114,8 +114,17 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+#: ``ONEDNN_MAX_CPU_ISA`` values that keep oneDNN (torch's CPU matmuls) off its bf16 instructions.
+_ISA_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 matrix products natively (AMX or AVX512-BF16)."""
+    """True when the CPU computes bf16 matrix products natively (AMX or AVX512-BF16).
+
+    A cap set with ``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16 counts as no: torch cannot use them then.
+    """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ISA_WITHOUT_BF16:
+        return False
     return bool(cpu_flags() & _BF16_CPU_FLAGS)
 
 

@@ -417,3 +417,14 @@ def test_explicit_bf16_on_a_cpu_without_native_bf16_is_warned_about(tiny_ce_path
         auto = CrossEncoderReranker(tiny_ce_path, device="cpu", precision="auto", cache=None)
     assert ("without AMX or AVX512-BF16" in caplog.text) is warned
     assert auto.key.precision == ("bf16" if flags else "fp32")  # auto never picks emulated bf16
+
+
+def test_an_isa_cap_below_bf16_counts_as_no_native_bf16(monkeypatch):
+    from ce_rerank_plugins.core import _hardware
+
+    monkeypatch.setattr(_hardware, "cpu_flags", lambda: frozenset({"amx_bf16", "avx512_bf16"}))
+    assert _hardware.cpu_has_native_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_vnni")
+    assert not _hardware.cpu_has_native_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert _hardware.cpu_has_native_bf16()
