@@ -16,7 +16,7 @@ import torch
 
 
 def machine() -> dict[str, Any]:
-    from ce_rerank_plugins.core._hardware import cpu_flags
+    from ce_rerank_plugins.core._hardware import cpu_flags, cpu_has_native_bf16
 
     flags = cpu_flags()
     return {
@@ -26,6 +26,8 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "amx_bf16": "amx_bf16" in flags,
         "avx512_bf16": "avx512_bf16" in flags,
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "native_bf16_used": cpu_has_native_bf16(),
         "processor": platform.processor() or platform.machine(),
     }
 
