@@ -555,7 +555,7 @@ def serve(
             )
         except ValueError as exc:
             fail(str(exc), 2)
-        console.print(f"serving on Ray at http://{host}:{port} (Ctrl-C stops)")
+        note(f"serving on Ray at http://{host}:{port} (Ctrl-C or SIGTERM stops)")
         run_on_ray(
             ray_application(model, precision=precision, limits=limits, settings=settings),
             address=address,
@@ -563,6 +563,7 @@ def serve(
             port=port,
             blocking=True,
         )
+        note("stopped")
         return
     from ce_rerank_plugins._optional import require
 

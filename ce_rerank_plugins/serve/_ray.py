@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -150,7 +152,7 @@ def run_on_ray(
         host: Address the HTTP proxy binds.
         port: Its port.
         num_cpus: CPUs of a local Ray (ignored with ``address``).
-        blocking: Block until interrupted (the CLI) instead of returning the handle.
+        blocking: Block until SIGINT or SIGTERM, then shut Serve down (the CLI), instead of returning at once.
     """
     import ray
 
@@ -159,5 +161,20 @@ def run_on_ray(
             ray.init(address=address, logging_level=logging.WARNING)
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-    serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
-    return serve.run(application, name=APP_NAME, route_prefix="/", blocking=blocking, logging_config=QUIET_LOGS)
+    stop = threading.Event()
+    # Installed before Serve starts (and after ray.init, which installs its own): a stop signal that
+    # arrives while the app is still deploying is honoured too, once it is up.
+    previous = (
+        {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)} if blocking else {}
+    )
+    try:
+        serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
+        handle = serve.run(application, name=APP_NAME, route_prefix="/", blocking=False, logging_config=QUIET_LOGS)
+        while blocking and not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if blocking:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+    return handle

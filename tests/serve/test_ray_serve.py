@@ -157,3 +157,40 @@ def test_autoscaling_settings_are_accepted_by_ray_serve():
     assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (1, 4, 4.0)
     assert deployment.ray_actor_options["num_cpus"] == 2
     assert deployment.init_args[3] == 2  # the replica's torch threads follow its CPUs
+
+
+def test_the_serve_command_on_ray_stops_cleanly_on_sigterm(tiny_ce_path):
+    # A container stop or `kill` sends SIGTERM: the server shuts Serve down and exits 0, no crash dump.
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    cli = [sys.executable, "-m", "ce_rerank_plugins.cli", "serve", "--ray", "--model", str(tiny_ce_path)]
+    env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray, not the test session's
+    server = subprocess.Popen(
+        [*cli, "--port", str(port), "--precision", "fp32"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        reply = httpx.post(f"http://127.0.0.1:{port}/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
+        assert reply.status_code == 200
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0, output[-3000:]
+    assert "stopped" in output and "SIGTERM received" not in output
