@@ -74,8 +74,9 @@ class RayServeSettings:
     def deployment_options(self) -> dict[str, Any]:
         """The keyword arguments of ``serve.deployment`` these settings stand for."""
         actor_options: dict[str, Any] = {"num_cpus": self.cpus_per_replica}
-        if forwarded_env():
-            actor_options["runtime_env"] = {"env_vars": forwarded_env()}
+        env = forwarded_env()
+        if env:
+            actor_options["runtime_env"] = {"env_vars": env}
         options: dict[str, Any] = {
             "name": APP_NAME,
             "max_ongoing_requests": self.max_ongoing_requests,
