@@ -60,6 +60,35 @@ def _check_pool(actors: object, cpus_per_actor: object, batch_size: object) -> N
         raise ValueError(msg)
 
 
+def _map_on_actors(
+    items: list[dict[str, Any]],
+    actor: type,
+    constructor_kwargs: dict[str, Any],
+    *,
+    actors: int,
+    cpus_per_actor: float,
+    rows_per_call: int,
+    rows_per_block: int,
+) -> Any:
+    """``items`` as a Ray Dataset mapped by a pool of ``actors`` instances of ``actor``.
+
+    Each actor loads its model once, with as many torch threads as the CPUs it reserves. Starts a local
+    Ray when none is running.
+    """
+    ray = _ray()
+    connect()
+    _quiet_ray_data()
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // rows_per_block, 8 * actors)))
+    return dataset.map_batches(
+        actor,
+        fn_constructor_kwargs={**constructor_kwargs, "threads": max(1, math.floor(cpus_per_actor))},
+        batch_size=rows_per_call,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor,
+    )
+
+
 class _EmbedActor:
     """Loads the bi-encoder once; embeds one batch of (position, text) rows per call."""
 
@@ -97,28 +126,18 @@ def embed_texts(
     """
     texts = [check_text(t, f"texts[{i}]") for i, t in enumerate(check_sequence(texts, "texts"))]
     _check_pool(actors, cpus_per_actor, batch_size)
-    ray = _ray()
-    connect()
-    _quiet_ray_data()
     if not texts:
         from ce_rerank_plugins.retrieval import Embedder
 
         return Embedder(embedder).encode([])
-    dataset = ray.data.from_items(
+    embedded = _map_on_actors(
         [{"position": i, "text": t} for i, t in enumerate(texts)],
-        override_num_blocks=max(1, min(len(texts) // batch_size, 8 * actors)),
-    )
-    embedded = dataset.map_batches(
         _EmbedActor,
-        fn_constructor_kwargs={
-            "embedder": None if embedder is None else portable_model_name(embedder),
-            "batch_size": batch_size,
-            "threads": max(1, math.floor(cpus_per_actor)),
-        },
-        batch_size=batch_size * 4,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus_per_actor,
+        {"embedder": None if embedder is None else portable_model_name(embedder), "batch_size": batch_size},
+        actors=actors,
+        cpus_per_actor=cpus_per_actor,
+        rows_per_call=batch_size * 4,
+        rows_per_block=batch_size,
     )
     vectors: np.ndarray[Any, Any] | None = None
     seen = np.zeros(len(texts), dtype=bool)
@@ -223,22 +242,15 @@ def rerank_rows(
     _check_pool(actors, cpus_per_actor, rows_per_batch)
     if not checked:
         return []
-    ray = _ray()
-    connect()
-    _quiet_ray_data()
     items = [{"__position": i, "query": r["query"], "candidates": r["candidates"]} for i, r in enumerate(checked)]
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // rows_per_batch, 8 * actors)))
-    scored = dataset.map_batches(
+    scored = _map_on_actors(
+        items,
         _RerankActor,
-        fn_constructor_kwargs={
-            "model": None if model is None else portable_model_name(model),
-            "precision": precision,
-            "threads": max(1, math.floor(cpus_per_actor)),
-        },
-        batch_size=rows_per_batch,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus_per_actor,
+        {"model": None if model is None else portable_model_name(model), "precision": precision},
+        actors=actors,
+        cpus_per_actor=cpus_per_actor,
+        rows_per_call=rows_per_batch,
+        rows_per_block=rows_per_batch,
     )
     out: list[dict[str, Any] | None] = [None] * len(checked)
     for row in scored.iter_rows():
