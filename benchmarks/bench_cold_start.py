@@ -9,7 +9,7 @@ Each row is the median of ``--repeats`` fresh processes (5 by default), run in o
 
 The index is built once before timing (MS MARCO passages from ``--corpus`` when present, else the
 sample corpus repeated). The model is ``--model`` (default: the candidate offline model in
-``benchmarks/default_model/gpu_run_v2/model``, a MiniLM-L6 cross-encoder). Prints a table and writes JSON.
+the bundled ``ce-minilm-l6-offline``, a MiniLM-L6 cross-encoder). Prints a table and writes JSON.
 
     python benchmarks/bench_cold_start.py --out benchmarks/results/cold_start.json
 """
@@ -87,7 +87,7 @@ def build_index(corpus: Path, docs: int, out: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REPO / "benchmarks" / "default_model" / "gpu_run_v2" / "model"))
+    parser.add_argument("--model", default=str(REPO / "ce_rerank_plugins" / "models" / "ce-minilm-l6-offline"))
     parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "data" / "msmarco" / "corpus.jsonl")
     parser.add_argument("--docs", type=int, default=5000)
     parser.add_argument("--k", type=int, default=50)

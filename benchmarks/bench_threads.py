@@ -48,7 +48,7 @@ def measure(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REPO / "benchmarks" / "default_model" / "gpu_run_v2" / "model"))
+    parser.add_argument("--model", default=str(REPO / "ce_rerank_plugins" / "models" / "ce-minilm-l6-offline"))
     parser.add_argument("--k", type=int, default=50, help="passages per rerank call")
     parser.add_argument("--repeats", type=int, default=7)
     cores = os.cpu_count() or 2

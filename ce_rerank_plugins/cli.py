@@ -597,7 +597,7 @@ def answer_movement(result: Any, answer_ids: Sequence[str]) -> tuple[int | None,
 @app.command()
 @_user_errors
 def demo(
-    k: Annotated[int, typer.Option("-k", help="Candidates retrieved.")] = 10,
+    k: Annotated[int, typer.Option("-k", help="Candidates retrieved and reranked (the pipeline's default).")] = 50,
     n: Annotated[int, typer.Option("-n", help="Results kept after reranking.")] = 3,
     model: ModelOpt = None,
     embedder: EmbedderOpt = None,

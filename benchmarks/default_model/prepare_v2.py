@@ -15,6 +15,12 @@ Queries, none from a test split:
 - web-style keyword pseudo-queries over the MS MARCO corpus (``keyword_query_pairs.pseudo_queries``);
 - Climate-FEVER claims with their labelled evidence sentences (no teacher scores).
 
+Recipe v3 (``--msmarco-teacher dense --web-queries N``) changes only the MS MARCO-corpus groups: they
+become pure distillation of the bi-encoder's order over its top candidates (no contrastive term, the
+source passage tied with the teacher's best), and N short keyword queries cut from corpus sentences
+are added. The bi-encoder was trained on real web questions; a pseudo-query's own passage forced above
+every other teaches lexical overlap instead.
+
 The MS MARCO corpus is read as unlabelled text; its queries and judgements are never opened.
 Validation: held-out SciFact train claims and held-out MS MARCO pseudo-queries, each with the dense
 and the hybrid top-100 as candidates, so the trainer picks its checkpoint and the fusion weight is
@@ -81,6 +87,44 @@ class Corpus:
         return out
 
 
+QUESTION_WORDS = ("what", "how", "why", "when", "where", "who", "which", "does", "can", "is")
+GENERIC_WORDS = ("one", "two", "also", "may", "many", "several", "used", "use", "get", "getting", "often", "like")
+
+
+def web_queries(
+    corpus: dict[str, dict[str, str]], n: int, rng: random.Random, exclude: set[str]
+) -> list[tuple[str, str]]:
+    """``[(query, source doc id)]``: short keyword queries, 3-5 content words of one sentence in order.
+
+    Web search queries are mostly a few content words ("causes left ventricular hypertrophy"); a
+    sentence's own words, stop words and numbers left out, give that shape without a generator model.
+    Only corpus text is read.
+    """
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
+
+    stop = set(STOPWORDS_EN_PLUS) | set(QUESTION_WORDS) | set(GENERIC_WORDS)
+    ids = [d for d in corpus if d not in exclude]
+    rng.shuffle(ids)
+    out = []
+    for doc_id in ids:
+        if len(out) >= n:
+            break
+        sentences = [s for s in split_sentences(corpus[doc_id].get("text", "")) if len(s.split()) >= 8]
+        if not sentences:
+            continue
+        words = [w.strip(".,;:()[]\"'!?").lower() for w in rng.choice(sentences).split()]
+        content = [w for w in words if len(w) >= 3 and w.isalpha() and w not in stop]
+        if len(content) < 3:
+            continue
+        size = rng.randint(3, min(5, len(content)))
+        start = rng.randrange(len(content) - size + 1)
+        chosen = content[start : start + size]
+        if sum(len(w) >= 5 for w in chosen) < 2:
+            continue
+        out.append((" ".join(chosen), doc_id))
+    return out
+
+
 def minmax(scores: dict[int, float]) -> dict[int, float]:
     if not scores:
         return {}
@@ -108,6 +152,14 @@ def main() -> None:
     parser.add_argument("--titles", type=int, default=4000)
     parser.add_argument("--keyword-queries", type=int, default=1200)
     parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument(
+        "--msmarco-teacher",
+        choices=("hybrid", "dense"),
+        default="hybrid",
+        help="v3: 'dense' makes the MS MARCO-corpus groups pure distillation of the bi-encoder's order "
+        "(the source passage ties the teacher's best instead of being forced above every candidate)",
+    )
+    parser.add_argument("--web-queries", type=int, default=0, help="v3: keyword queries from MS MARCO sentences")
     parser.add_argument("--seed", type=int, default=21)
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -136,6 +188,8 @@ def main() -> None:
     def groups_for(corpus: Corpus, queries: list[tuple[str, str, list[int], str | None, bool]]) -> list[dict[str, Any]]:
         """queries: (kind, text, positive doc indexes, positive text override, show titles)."""
         found = corpus.search([q[1] for q in queries])
+        if corpus is ms and args.msmarco_teacher == "dense":
+            return [distill_group(q, res) for q, res in zip(queries, found, strict=True)]
         groups = []
         for (kind, text, positives, override, titles), res in zip(queries, found, strict=True):
             hybrid = res["hybrid"]
@@ -158,6 +212,29 @@ def main() -> None:
                 }
             )
         return groups
+
+    def distill_group(query: tuple[str, str, list[int], str | None, bool], res: dict[str, Any]) -> dict[str, Any]:
+        """v3 web group: the bi-encoder's top candidates, ordered by its min-max cosine (no contrastive term).
+
+        The bi-encoder was trained on real web questions, so on web text its order carries what a
+        lexical pseudo-query cannot; the source passage is kept as tied with the teacher's best, so it
+        is taught as relevant without being forced above passages that answer the query as well.
+        """
+        kind, text, positives, override, titles = query
+        dense = minmax(res["dense"])
+        source = f"{kind}/{len(texts)}" if override is not None else key(ms, positives[0], title=titles)
+        if override is not None:
+            texts[source] = override
+        others = [d for d in sorted(dense, key=lambda d: -dense[d]) if d not in positives][: args.negatives]
+        teacher = [round(dense[d], 5) for d in others]
+        return {
+            "kind": kind,
+            "query": text,
+            "docs": [source] + [key(ms, d, title=titles) for d in others],
+            "labels": [1.0] + [0.0] * len(others),
+            "teacher": [max(teacher, default=1.0), *teacher],
+            "contrastive": False,
+        }
 
     # SciFact train claims, split into train / validation by query.
     train_qids = sorted(scifact.qrels)
@@ -214,6 +291,9 @@ def main() -> None:
     n_kw_val = int(len(kw_items) * args.val_fraction)
     kw_val, kw_fit = kw_items[:n_kw_val], kw_items[n_kw_val:]
     groups += groups_for(ms, [("msmarco-keyword", q, [ms.position[d]], None, True) for q, d in kw_fit])
+    held_kw = {d for _, d in kw_val}
+    web = web_queries(msmarco.corpus, args.web_queries, rng, exclude=held_kw)
+    groups += groups_for(ms, [("msmarco-web", q, [ms.position[d]], None, True) for q, d in web])
 
     # Climate-FEVER: labelled evidence sentences, no teacher.
     with args.climate_fever.open(encoding="utf-8") as fh:

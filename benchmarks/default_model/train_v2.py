@@ -114,9 +114,10 @@ def train_variant(name: str, distill: float, lr: float, data: dict, args: argpar
     t0 = time.perf_counter()
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"selection": -1.0}
-    record = validate(model, tok, val, texts, args)
-    history.append({"epoch": 0, "step": 0, **record["metrics"]})
-    print(name, "epoch 0", json.dumps(record["metrics"]), flush=True)
+    if args.initial_validation:
+        record = validate(model, tok, val, texts, args)
+        history.append({"epoch": 0, "step": 0, **record["metrics"]})
+        print(name, "epoch 0", json.dumps(record["metrics"]), flush=True)
     step, stopped = 0, False
     t_train = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
@@ -137,6 +138,11 @@ def train_variant(name: str, distill: float, lr: float, data: dict, args: argpar
                 logits = model(**enc).logits[:, 0].float()
             loss = logits.new_zeros(())
             for g, s_g in zip(batch, torch.split(logits, sizes), strict=True):
+                if not g.get("contrastive", True):
+                    # v3 web groups: the teacher's order over every candidate, source included.
+                    target = F.softmax(torch.tensor(g["teacher"], device=logits.device) / args.tau, dim=0)
+                    loss = loss + args.kd_weight * F.kl_div(F.log_softmax(s_g, dim=0), target, reduction="sum")
+                    continue
                 labels = torch.tensor(g["labels"], device=logits.device)
                 log_p = F.log_softmax(s_g, dim=0)
                 loss = loss - torch.logsumexp(log_p[labels > 0], dim=0)
@@ -169,7 +175,7 @@ def train_variant(name: str, distill: float, lr: float, data: dict, args: argpar
         entry = {"epoch": epoch, "step": step, "loss": round(float(np.mean(losses)), 4), **record["metrics"]}
         history.append(entry)
         print(name, f"epoch {epoch} ({time.perf_counter() - t0:.0f} s)", json.dumps(entry), flush=True)
-        if record["metrics"]["selection"] > best["selection"]:
+        if args.keep == "last" or record["metrics"]["selection"] > best["selection"]:
             best = {
                 "selection": record["metrics"]["selection"],
                 "epoch": epoch,
@@ -208,6 +214,14 @@ def main() -> None:
     parser.add_argument("--max-groups", type=int, default=0, help="for a quick check: use only this many groups")
     parser.add_argument("--max-val", type=int, default=0)
     parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--kd-weight", type=float, default=1.0, help="v3: weight of the web groups' distillation")
+    parser.add_argument(
+        "--keep",
+        choices=("best", "last"),
+        default="best",
+        help="which epoch to keep: the best on validation, or the last (v3 records validation, does not use it)",
+    )
+    parser.add_argument("--no-initial-validation", dest="initial_validation", action="store_false")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     args.device_type = "cuda" if args.device.startswith("cuda") else "cpu"
@@ -237,7 +251,14 @@ def main() -> None:
     model.save_pretrained(final)
     tok.save_pretrained(final)
     run = {
-        "recipe": "v2: LCE + listwise distillation from the hybrid (BM25 + dense) teacher",
+        "recipe": (
+            "v2: LCE + listwise distillation from the hybrid (BM25 + dense) teacher"
+            + (
+                "; v3 web groups distilled from the bi-encoder"
+                if any(not g.get("contrastive", True) for g in groups)
+                else ""
+            )
+        ),
         "args": {k: str(v) for k, v in vars(args).items()},
         "device": torch.cuda.get_device_name() if args.device_type == "cuda" else "cpu",
         "train_groups": len(groups),

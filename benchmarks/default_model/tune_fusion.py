@@ -9,8 +9,9 @@ The choice is made on real held-out queries only (``--select-on scifact-val``): 
 validation queries are pseudo-queries generated like the training ones, on which the cross-encoder
 is in its own distribution and always looks best (weight 1.0), which is no guide for real queries.
 
-    python benchmarks/default_model/tune_fusion.py --data .devcarry/v2 --scores .devcarry/run2/val_scores.json.gz \\
-        --out benchmarks/default_model/gpu_run_v2/fusion_tuning.json
+    python benchmarks/default_model/tune_fusion.py --data .devcarry/v3 \\
+        --scores benchmarks/default_model/gpu_run_v3/val_scores.json.gz \\
+        --out benchmarks/default_model/gpu_run_v3/fusion_tuning.json
 """
 
 from __future__ import annotations

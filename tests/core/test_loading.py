@@ -10,12 +10,13 @@ import pytest
 from ce_rerank_plugins import CrossEncoderReranker, ModelLoadError
 from ce_rerank_plugins.core import _loading
 
-CANDIDATE = Path(__file__).resolve().parents[2] / "benchmarks" / "default_model" / "gpu_run_v2" / "model"
+#: Where the trained offline default ships: package data, found without any path into the checkout.
+SHIPPED = Path(_loading.__file__).resolve().parents[1] / "models" / _loading.BUNDLED_MODEL_NAME
 
 
 @pytest.fixture
 def bundled(monkeypatch, tiny_ce_path) -> Path:
-    """Pretend this build bundles a model (this release bundles none, see the README)."""
+    """Pretend this build bundles another (tiny) model, so each step of the order is told apart."""
     monkeypatch.setattr(_loading, "bundled_model_dir", lambda: Path(tiny_ce_path))
     return Path(tiny_ce_path)
 
@@ -50,8 +51,27 @@ def test_an_unreachable_hub_falls_back_to_the_bundled_model(no_env, monkeypatch,
     assert Path(_loading.default_model()) == bundled
 
 
-def test_this_release_bundles_no_model():
-    assert _loading.bundled_model_dir() is None
+def test_this_release_bundles_the_trained_offline_default():
+    assert _loading.bundled_model_dir() == SHIPPED
+    names = {p.name for p in SHIPPED.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "ce_rerank.json", "README.md"} <= names
+    from safetensors import safe_open
+
+    with safe_open(str(SHIPPED / "model.safetensors"), framework="pt") as weights:
+        dtypes = {str(weights.get_slice(k).get_dtype()) for k in weights.keys()}  # noqa: SIM118
+    assert dtypes == {"F16"}  # stored in fp16 to halve the package; loaded as fp32 master weights
+
+
+def test_offline_with_nothing_configured_resolves_to_the_shipped_model(no_env, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(_loading, "_hub_reachable", lambda timeout=3.0: pytest.fail("the Hub must not be probed"))
+    assert _loading.default_model() == str(SHIPPED)
+
+
+def test_an_explicit_model_wins_over_the_environment_and_the_bundled_one(no_env, monkeypatch, tiny_ce_path):
+    monkeypatch.setenv("CE_RERANK_MODEL", str(SHIPPED))
+    reranker = CrossEncoderReranker(tiny_ce_path)
+    assert reranker.key.model == str(Path(tiny_ce_path).resolve())
 
 
 def test_no_bundled_model_and_no_hub_is_a_clear_error(no_env, monkeypatch):
@@ -67,11 +87,11 @@ def test_product_code_never_looks_outside_the_package():
 
 
 def test_a_model_directory_recommends_its_fusion_and_the_reranker_applies_it():
-    assert _loading.recommended_fusion(str(CANDIDATE)) == ("weighted", 0.4)
-    reranker = CrossEncoderReranker(CANDIDATE)
+    assert _loading.recommended_fusion(str(SHIPPED)) == ("weighted", 0.4)
+    reranker = CrossEncoderReranker(SHIPPED)
     assert (reranker.fusion, reranker.fusion_weight) == ("weighted", 0.4)
-    assert CrossEncoderReranker(CANDIDATE, fusion="none").fusion == "none"
-    assert CrossEncoderReranker(CANDIDATE, fusion_weight=0.7).fusion_weight == 0.7
+    assert CrossEncoderReranker(SHIPPED, fusion="none").fusion == "none"
+    assert CrossEncoderReranker(SHIPPED, fusion_weight=0.7).fusion_weight == 0.7
 
 
 def test_a_broken_fusion_file_is_named(tmp_path, tiny_ce_path):
