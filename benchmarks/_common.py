@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+#: The model the package ships, the default subject of the speed benchmarks.
+SHIPPED_MODEL = REPO / "ce_rerank_plugins" / "models" / "ce-minilm-l6-offline"
+
+
+def model_and_inputs_parser(description: str | None, out_name: str) -> argparse.ArgumentParser:
+    """The options every reranking benchmark takes: model, MS MARCO inputs, how many queries, output."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(SHIPPED_MODEL))
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "msmarco"))
+    parser.add_argument("--queries", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / out_name)
+    return parser
+
+
+def msmarco_inputs(data: str, queries: int, passages: int = 100) -> tuple[list[str], list[str]]:
+    """Query texts and the first passages of a BEIR set, as inputs only (no judgement is read)."""
+    from ce_rerank_plugins.evaluation.beir import load_beir
+
+    loaded = load_beir(data, "test")
+    return list(loaded.queries.values())[:queries], [loaded.doc_text(d) for d in list(loaded.corpus)[:passages]]
 
 
 def machine() -> dict[str, Any]:

@@ -12,26 +12,19 @@ Prints a table and writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
+from _common import machine, model_and_inputs_parser, msmarco_inputs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REPO / "ce_rerank_plugins" / "models" / "ce-minilm-l6-offline"))
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "msmarco"))
-    parser.add_argument("--queries", type=int, default=4)
+    parser = model_and_inputs_parser(__doc__, "int8_layers.json")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "int8_layers.json")
     args = parser.parse_args()
 
     import onnx
@@ -40,7 +33,6 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from ce_rerank_plugins import CrossEncoderReranker
-    from ce_rerank_plugins.evaluation.beir import load_beir
 
     reranker = CrossEncoderReranker(args.model, precision="onnx", device="cpu")
     fp32 = Path(args.model) / "onnx" / "model.onnx"
@@ -48,9 +40,7 @@ def main() -> None:
         raise SystemExit(f"no fp32 ONNX graph at {fp32} (precision in use: {reranker.precision})")
     matmuls = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type in ("MatMul", "Gemm")]
     head = [n for n in matmuls if "classifier" in n or "pooler" in n]
-    data = load_beir(args.data, "test")  # passages and query texts as inputs only; no judgement is read
-    docs = [data.doc_text(d) for d in list(data.corpus)[:100]]
-    queries = list(data.queries.values())[: args.queries]
+    queries, docs = msmarco_inputs(args.data, args.queries)
     tokenizer = reranker.model.tokenizer
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
@@ -107,7 +97,7 @@ def main() -> None:
         "queries": len(queries),
         "candidates": len(docs),
         "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
+        "machine": machine(),
         "load_average_at_end": os.getloadavg(),
         "rows": rows,
     }

@@ -12,14 +12,11 @@ table and writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import machine, model_and_inputs_parser, msmarco_inputs
 
 CATEGORIES = {
     "GEMMs (linear layers)": ("addmm", "aten::mm", "aten::bmm", "aten::linear", "aten::matmul", "mkldnn"),
@@ -43,25 +40,18 @@ def category(op: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REPO / "ce_rerank_plugins" / "models" / "ce-minilm-l6-offline"))
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "msmarco"))
-    parser.add_argument("--queries", type=int, default=4)
+    parser = model_and_inputs_parser(__doc__, "rerank_profile.json")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rerank_profile.json")
     args = parser.parse_args()
 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from ce_rerank_plugins import CrossEncoderReranker
-    from ce_rerank_plugins.evaluation.beir import load_beir
 
     # Scored on the calling thread (the profiler sees only it); the micro-batching worker runs the same ops.
     reranker = CrossEncoderReranker(args.model, device="cpu", batch_size=args.batch_size, micro_batching=False)
-    data = load_beir(args.data, "test")  # passages and query texts as inputs only; no judgement is read
-    docs = [data.doc_text(d) for d in list(data.corpus)[:100]]
-    queries = list(data.queries.values())[: args.queries]
+    queries, docs = msmarco_inputs(args.data, args.queries)
     pairs = [(q, d) for q in queries for d in docs]
     reranker.predict(pairs[:100])  # warm-up, outside the measurement
 
@@ -102,7 +92,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "wall_seconds_profiled": round(wall_s, 3),
         "note": "the profiler adds overhead of its own; shares are of the profiled wall time",
-        "cpu": platform.processor() or platform.machine(),
+        "machine": machine(),
         "load_average_at_end": os.getloadavg(),
         "seconds": {k: round(v, 4) for k, v in rows.items()},
         "share": {k: round(v / wall_s, 4) for k, v in rows.items()},
