@@ -33,11 +33,11 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from ce_rerank_plugins import CrossEncoderReranker
+    from ce_rerank_plugins.core._onnx import model_input_names, onnx_file
 
-    reranker = CrossEncoderReranker(args.model, precision="onnx", device="cpu")
-    fp32 = Path(args.model) / "onnx" / "model.onnx"
-    if reranker.precision != "onnx" or not fp32.is_file():
-        raise SystemExit(f"no fp32 ONNX graph at {fp32} (precision in use: {reranker.precision})")
+    reranker = CrossEncoderReranker(args.model, precision="fp32", device="cpu")
+    # The package's own export (cached by weights hash), so every row starts from the graph it would run.
+    fp32 = onnx_file(reranker.model, args.model, "onnx", model_input_names(reranker.model))
     matmuls = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type in ("MatMul", "Gemm")]
     head = [n for n in matmuls if "classifier" in n or "pooler" in n]
     queries, docs = msmarco_inputs(args.data, args.queries)

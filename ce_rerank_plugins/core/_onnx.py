@@ -54,10 +54,17 @@ def _writable(directory: Path) -> bool:
     return probe.is_dir() and os.access(probe, os.W_OK)
 
 
+def _inside_the_package(path: Path) -> bool:
+    # A model shipped as package data (the bundled default) is the installer's, not ours to write into:
+    # files added there outlive an uninstall, and a shared site-packages may serve many users.
+    package = Path(__file__).resolve().parents[1]
+    return path.resolve().is_relative_to(package)
+
+
 def cache_dir_for(model_source: str, model_hash: str) -> Path:
-    """``<model dir>/onnx`` for a writable local model, else a per-hash folder in the user cache."""
+    """``<model dir>/onnx`` for a writable local model of the user's, else a per-hash folder in the user cache."""
     local = Path(model_source)
-    if local.is_dir() and _writable(local / "onnx"):
+    if local.is_dir() and not _inside_the_package(local) and _writable(local / "onnx"):
         return local / "onnx"
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ce_rerank_plugins" / "onnx"
     return root / model_hash[:16]

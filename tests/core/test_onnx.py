@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -88,6 +89,17 @@ def test_hub_models_cache_in_the_user_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     directory = cache_dir_for("cross-encoder/ms-marco-MiniLM-L6-v2", "ab" * 32)
     assert directory == tmp_path / "cache" / "ce_rerank_plugins" / "onnx" / ("ab" * 8)
+
+
+def test_the_bundled_model_is_never_written_into(tmp_path, monkeypatch, tiny_ce_path):
+    """Its folder belongs to the installer: the ONNX export goes to the user cache even if it is writable."""
+    from ce_rerank_plugins.core import bundled_model_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    bundled = bundled_model_dir()
+    assert bundled is not None and os.access(bundled, os.W_OK)  # writable here, so only the rule keeps it clean
+    assert cache_dir_for(str(bundled), "cd" * 32) == tmp_path / "cache" / "ce_rerank_plugins" / "onnx" / ("cd" * 8)
+    assert cache_dir_for(str(tiny_ce_path), "cd" * 32) == Path(tiny_ce_path) / "onnx"  # a user's own model
 
 
 def test_weights_hash_changes_with_the_weights(tiny_ce_path):
