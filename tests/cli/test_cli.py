@@ -331,7 +331,8 @@ def test_demo_offline_runs_the_shipped_model_at_the_default_depth(tmp_path):
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "CE_RERANK_MODEL"}
-    env.update({"HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path)})
+    # Wide enough that rich never folds the model's path, however deep the checkout is.
+    env.update({"HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path), "COLUMNS": "1000"})
     result = subprocess.run(
         [sys.executable, "-m", "ce_rerank_plugins.cli", "demo"],
         capture_output=True,
