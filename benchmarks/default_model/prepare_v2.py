@@ -185,6 +185,14 @@ def main() -> None:
         texts.setdefault(k, corpus.texts[i])
         return k
 
+    def positive_key(corpus: Corpus, p: int, override: str | None, titles: bool, kind: str) -> str:
+        """The key of a known positive: the corpus passage, or the override text (an inverse-cloze remainder)."""
+        if override is None:
+            return key(corpus, p, title=titles)
+        k = f"{kind}/{len(texts)}"
+        texts[k] = override
+        return k
+
     def groups_for(corpus: Corpus, queries: list[tuple[str, str, list[int], str | None, bool]]) -> list[dict[str, Any]]:
         """queries: (kind, text, positive doc indexes, positive text override, show titles)."""
         found = corpus.search([q[1] for q in queries])
@@ -193,14 +201,7 @@ def main() -> None:
         groups = []
         for (kind, text, positives, override, titles), res in zip(queries, found, strict=True):
             hybrid = res["hybrid"]
-            pos_keys = []
-            for p in positives:
-                if override is not None:
-                    k = f"{kind}/{len(texts)}"
-                    texts[k] = override
-                else:
-                    k = key(corpus, p, title=titles)
-                pos_keys.append(k)
+            pos_keys = [positive_key(corpus, p, override, titles, kind) for p in positives]
             others = [d for d in hybrid if d not in positives][: args.negatives]
             groups.append(
                 {
@@ -222,9 +223,7 @@ def main() -> None:
         """
         kind, text, positives, override, titles = query
         dense = minmax(res["dense"])
-        source = f"{kind}/{len(texts)}" if override is not None else key(ms, positives[0], title=titles)
-        if override is not None:
-            texts[source] = override
+        source = positive_key(ms, positives[0], override, titles, kind)
         others = [d for d in sorted(dense, key=lambda d: -dense[d]) if d not in positives][: args.negatives]
         teacher = [round(dense[d], 5) for d in others]
         return {
