@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import torch
-from train_v2 import read_jsonl, validate
+from train_v2 import read_validation, validate
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 
@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--eval-max-length", type=int, default=512)
     parser.add_argument("--eval-batch", type=int, default=256)
     parser.add_argument("--val-depth", type=int, default=100)
-    parser.add_argument("--max-val", type=int, default=0, help="for a quick check: score only this many queries")
+    parser.add_argument(
+        "--max-val", type=int, default=0, help="for a quick check: score only this many queries, half from each set"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     args.device_type = "cuda" if args.device.startswith("cuda") else "cpu"
@@ -46,10 +48,7 @@ def main() -> None:
     )
     soup.to(args.device)
     tok = AutoTokenizer.from_pretrained(args.models[0])
-    val = read_jsonl(args.data / "val_groups.jsonl.gz")
-    if args.max_val:
-        val = val[: args.max_val]
-    texts = {r["key"]: r["text"] for r in read_jsonl(args.data / "texts.jsonl.gz")}
+    val, texts = read_validation(args.data, args.max_val)
     record = validate(soup, tok, val, texts, args)
     print("soup", json.dumps(record["metrics"]), flush=True)
 

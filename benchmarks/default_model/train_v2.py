@@ -37,6 +37,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh]
 
 
+def read_validation(data: Path, max_val: int = 0) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The validation groups (with ``max_val``, a quick check: half from each set) and every passage text."""
+    val = read_jsonl(data / "val_groups.jsonl.gz")
+    if max_val:
+        val = val[: max_val // 2] + [v for v in val if v["set"] != val[0]["set"]][: max_val // 2]
+    return val, {r["key"]: r["text"] for r in read_jsonl(data / "texts.jsonl.gz")}
+
+
 def ndcg10(ranked: list[str], rel: dict[str, int]) -> float:
     dcg = sum((2 ** rel.get(d, 0) - 1) / math.log2(i + 2) for i, d in enumerate(ranked[:10]))
     ideal = sorted(rel.values(), reverse=True)[:10]
@@ -229,12 +237,9 @@ def main() -> None:
     if args.device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     groups = read_jsonl(args.data / "train_groups.jsonl.gz")
-    val = read_jsonl(args.data / "val_groups.jsonl.gz")
     if args.max_groups:
         groups = groups[: args.max_groups]
-    if args.max_val:
-        val = val[: args.max_val // 2] + [v for v in val if v["set"] != val[0]["set"]][: args.max_val // 2]
-    texts = {r["key"]: r["text"] for r in read_jsonl(args.data / "texts.jsonl.gz")}
+    val, texts = read_validation(args.data, args.max_val)
     data = {"groups": groups, "texts": texts, "val": val}
     variants = [v.split(":") for v in args.variants.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
