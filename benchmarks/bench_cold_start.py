@@ -5,7 +5,12 @@ Each row is the median of ``--repeats`` fresh processes (5 by default), run in o
 - ``import ce_rerank_plugins`` and ``import ce_rerank_plugins.cli`` (what every command pays);
 - in one process, the phases of a first use: imports, model load (with its precision probe), the first
   ``rank`` of ``--k`` passages, then a warm ``rank`` of the same size (the first/warm ratio);
-- end to end, ``ce-rerank query INDEX "..." -k 50 -n 5 --json`` on a saved index of ``--docs`` documents.
+- end to end, ``ce-rerank query INDEX "..." -k 50 -n 5 --json`` on a saved index of ``--docs`` documents,
+  twice: with an empty ONNX cache (``auto`` is the torch path: bf16 or fp32), and after one
+  ``--precision onnx`` run has exported both models (``auto`` is then the torch-free ONNX path);
+- the same first-use phases for ``precision="onnx"`` from a prepared cache.
+
+Each path gets its own ``XDG_CACHE_HOME`` (temporary folders), so the user's cache is neither read nor written.
 
 The index is built once before timing (MS MARCO passages from ``--corpus`` when present, else the
 sample corpus repeated). The model is ``--model`` (default: the candidate offline model in
@@ -37,12 +42,14 @@ PHASES = textwrap.dedent(
     """
     import json, sys, time
     t0 = time.perf_counter()
-    import torch
+    if sys.argv[3] != "onnx":  # the torch path: what its model load needs anyway, timed as import
+        import torch
     t_torch = time.perf_counter()
     from ce_rerank_plugins import CrossEncoderReranker
-    import sentence_transformers  # what the model load needs anyway, timed as import
+    if sys.argv[3] != "onnx":
+        import sentence_transformers
     t_import = time.perf_counter()
-    reranker = CrossEncoderReranker(sys.argv[1])
+    reranker = CrossEncoderReranker(sys.argv[1], precision=sys.argv[3])
     t_load = time.perf_counter()
     passages = json.loads(sys.argv[2])
     reranker.rank("how long is the life cycle of a flea", passages, top_n=5)
@@ -52,6 +59,7 @@ PHASES = textwrap.dedent(
     print(json.dumps({
         "import_torch_s": t_torch - t0, "import_s": t_import - t0, "model_load_s": t_load - t_import,
         "first_rank_s": t_first - t_load, "warm_rank_s": t_warm - t_first, "precision": reranker.precision,
+        "torch_imported": "torch" in sys.modules,
     }))
     """
 )
@@ -105,31 +113,34 @@ def main() -> None:
             texts = [json.loads(line)["text"] for _, line in zip(range(args.k), f, strict=False)]
     passages = json.dumps((texts or [f"passage {i} about fleas and their life cycle" for i in range(100)])[: args.k])
 
+    torch_env = {**env, "XDG_CACHE_HOME": tempfile.mkdtemp(prefix="cold-torch-")}
+    onnx_env = {**env, "XDG_CACHE_HOME": tempfile.mkdtemp(prefix="cold-onnx-")}
+    query = [CLI, "query", str(index_dir), QUESTION, "-k", str(args.k), "-n", "5", "--json", "-m", args.model]
+    export_s, _ = timed([*query, "--precision", "onnx"], onnx_env)  # once: exports and probes both models
+    check = (
+        "import sys\nfrom ce_rerank_plugins.cli import main\nsys.argv = ['ce-rerank', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nprint(json.dumps('torch' in sys.modules))"
+    )
+    _, out = timed([PYTHON, "-c", "import json\n" + check, *query[1:]], onnx_env)
+    onnx_query_imports_torch = json.loads(out.strip().splitlines()[-1])
+
+    query_torch = f"ce-rerank query (saved {args.docs}-doc index, -k {args.k} -n 5), torch path"
+    query_onnx = f"ce-rerank query (saved {args.docs}-doc index, -k {args.k} -n 5), ONNX exports cached"
     rows: dict[str, list[float]] = {}
-    phases: list[dict[str, float | str]] = []
+    phases: dict[str, list[dict[str, float | str]]] = {"auto": [], "onnx": []}
     commands = {
-        "python -c 'import torch' (floor)": [PYTHON, "-c", "import torch"],
-        "import ce_rerank_plugins": [PYTHON, "-c", "import ce_rerank_plugins"],
-        "import ce_rerank_plugins.cli": [PYTHON, "-c", "import ce_rerank_plugins.cli"],
-        f"ce-rerank query (saved {args.docs}-doc index, -k {args.k} -n 5)": [
-            CLI,
-            "query",
-            str(index_dir),
-            QUESTION,
-            "-k",
-            str(args.k),
-            "-n",
-            "5",
-            "--json",
-            "-m",
-            args.model,
-        ],
+        "python -c 'import torch' (floor)": ([PYTHON, "-c", "import torch"], env),
+        "import ce_rerank_plugins": ([PYTHON, "-c", "import ce_rerank_plugins"], env),
+        "import ce_rerank_plugins.cli": ([PYTHON, "-c", "import ce_rerank_plugins.cli"], env),
+        query_torch: (query, torch_env),
+        query_onnx: (query, onnx_env),
     }
     for _ in range(args.repeats):  # interleaved, so a burst of load on the machine hits every row alike
-        for name, cmd in commands.items():
-            rows.setdefault(name, []).append(timed(cmd, env)[0])
-        _, out = timed([PYTHON, "-c", PHASES, args.model, passages], env)
-        phases.append(json.loads(out.strip().splitlines()[-1]))
+        for name, (cmd, cmd_env) in commands.items():
+            rows.setdefault(name, []).append(timed(cmd, cmd_env)[0])
+        for precision, phase_env in (("auto", torch_env), ("onnx", onnx_env)):
+            _, out = timed([PYTHON, "-c", PHASES, args.model, passages, precision], phase_env)
+            phases[precision].append(json.loads(out.strip().splitlines()[-1]))
 
     floor = statistics.median(rows["python -c 'import torch' (floor)"])
     table = {
@@ -137,8 +148,11 @@ def main() -> None:
         for name, v in rows.items()
     }
     phase_medians = {
-        key: round(statistics.median(float(p[key]) for p in phases), 3)
-        for key in ("import_torch_s", "import_s", "model_load_s", "first_rank_s", "warm_rank_s")
+        path: {
+            key: round(statistics.median(float(p[key]) for p in runs), 3)
+            for key in ("import_torch_s", "import_s", "model_load_s", "first_rank_s", "warm_rank_s")
+        }
+        for path, runs in phases.items()
     }
     record = {
         "model": os.path.relpath(args.model, REPO) if args.model.startswith(str(REPO)) else args.model,
@@ -149,19 +163,26 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "load_at_end": os.getloadavg(),
-            "precision_chosen": phases[0]["precision"],
+            "precision_chosen": {path: runs[0]["precision"] for path, runs in phases.items()},
         },
         "floor_s": round(floor, 3),
         "fresh_processes": table,
+        "onnx_export_first_query_s": round(export_s, 3),
+        "onnx_query_imports_torch": onnx_query_imports_torch,
         "first_use_phases_median_s": phase_medians,
-        "first_over_warm_rank": round(phase_medians["first_rank_s"] / phase_medians["warm_rank_s"], 2),
+        "first_over_warm_rank": {
+            path: round(m["first_rank_s"] / m["warm_rank_s"], 2) for path, m in phase_medians.items()
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
     print(f"{'fresh process (median of ' + str(args.repeats) + ')':<58} {'seconds':>8} {'x floor':>8}")
     for name, r in table.items():
         print(f"{name:<58} {r['median_s']:>8} {r['ratio_to_floor']:>8}")
-    print(f"\nfirst use in one process (median): {phase_medians}")
+    print(f"\nthe one --precision onnx query that exported both models: {export_s:.2f} s")
+    print(f"the ONNX query imported torch: {onnx_query_imports_torch}")
+    for path, medians in phase_medians.items():
+        print(f"first use in one process, precision={path} (median): {medians}")
     print(f"first rank / warm rank = {record['first_over_warm_rank']}")
     print(f"wrote {args.out}")
 

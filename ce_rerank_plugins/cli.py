@@ -353,6 +353,28 @@ def _reranker(model: str | None, precision: str = "auto") -> Any:
     return CrossEncoderReranker(model or default_model(), precision=precision)  # type: ignore[arg-type]
 
 
+QUERY_PRECISION_HELP = (
+    "The inference path; faster paths are probe-checked vs fp32. 'onnx' runs both models on ONNX Runtime "
+    "(onnx extra) and exports them on first use; 'auto' then uses those exports, so later queries start "
+    "without importing torch."
+)
+
+
+def _query_paths(model: str, precision: str) -> tuple[str, str]:
+    """The cross-encoder's precision and the bi-encoder's runtime for one query.
+
+    A one-shot query spends more time importing torch than computing: under ``auto``, a model whose
+    ONNX export is cached and verified runs on ONNX Runtime instead (``onnx`` makes those exports).
+    """
+    from ce_rerank_plugins.core import onnx_fast_start_ready
+
+    if precision == "onnx":
+        return "onnx", "onnx"
+    if precision == "auto" and onnx_fast_start_ready(model):
+        return "onnx", "auto"
+    return precision, "torch"
+
+
 def _snippet(text: str, width: int = 90) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -368,7 +390,7 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     context: Annotated[bool, typer.Option("--context", help="Print the assembled LLM context.")] = False,
     max_tokens: Annotated[int, typer.Option(help="Context token budget with --context.")] = 1500,
-    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = "auto",
+    precision: Annotated[Precision, typer.Option(help=QUERY_PRECISION_HELP)] = "auto",
     mode: Annotated[RetrievalMode | None, typer.Option(help="Retrieval mode (default: the index's).")] = None,
     model: ModelOpt = None,
     embedder: Annotated[
@@ -379,6 +401,7 @@ def query(
     """Retrieve then rerank; print a table (or JSON), optionally the LLM context with citations."""
     from rich.table import Table
 
+    from ce_rerank_plugins.core import CrossEncoderReranker, default_model
     from ce_rerank_plugins.pipeline import RetrieveRerankPipeline
     from ce_rerank_plugins.retrieval import FaissIndex
 
@@ -388,8 +411,11 @@ def query(
         fail(f"-k and -n must be >= 1, got -k {k} -n {n}", 2)
     if max_tokens < 1:
         fail(f"--max-tokens must be >= 1, got {max_tokens}", 2)
-    loaded = FaissIndex.load(index_dir, embedder=embedder)
-    pipeline = RetrieveRerankPipeline(loaded, _reranker(model, precision), k=k, top_n=n, mode=mode)
+    model_name = model or default_model()
+    ce_precision, embedder_runtime = _query_paths(model_name, precision)
+    loaded = FaissIndex.load(index_dir, embedder=embedder, embedder_runtime=embedder_runtime)  # type: ignore[arg-type]
+    reranker = CrossEncoderReranker(model_name, precision=ce_precision)  # type: ignore[arg-type]
+    pipeline = RetrieveRerankPipeline(loaded, reranker, k=k, top_n=n, mode=mode)
     result = pipeline.run(question)
     ctx = result.context(max_tokens) if context else None
     if as_json:

@@ -22,6 +22,7 @@ from ce_rerank_plugins.core._loading import (
     default_model,
     untrained_cross_encoder,
 )
+from ce_rerank_plugins.core._onnx_engine import OnnxTextEncoder, onnx_fast_start_ready
 from ce_rerank_plugins.core._registry import ModelRegistry
 from ce_rerank_plugins.core._scores import FloatArray, ScoreMode
 from ce_rerank_plugins.core.reranker import (
@@ -46,6 +47,7 @@ __all__ = [
     "Fusion",
     "ModelKey",
     "ModelRegistry",
+    "OnnxTextEncoder",
     "PairClassification",
     "Precision",
     "RankedResult",
@@ -63,6 +65,7 @@ __all__ = [
     "default_threads",
     "device_has_native_bf16",
     "fuse_scores",
+    "onnx_fast_start_ready",
     "resolve_device",
     "select_results",
     "set_threads",

@@ -16,15 +16,16 @@ from typing import Any
 import numpy as np
 
 from ce_rerank_plugins.core._loading import ModelKey, load_cross_encoder, to_precision
-from ce_rerank_plugins.core._microbatch import MicroBatcher, Pair
+from ce_rerank_plugins.core._microbatch import MicroBatcher, Pair, length_sorted_batches
 from ce_rerank_plugins.core._onnx import ONNX_PRECISIONS, OnnxRunner, model_input_names, onnx_file
-from ce_rerank_plugins.core._probe import ProbeAgreement, compare_to_reference, probe_pairs
+from ce_rerank_plugins.core._onnx_engine import OnnxPairEngine, export_pair_engine, load_fast_pair_engine
+from ce_rerank_plugins.core._probe import DEFAULT_MIN_PROBE_SPEARMAN, ProbeAgreement, compare_to_reference, probe_pairs
 from ce_rerank_plugins.core._scores import FloatArray
 
 logger = logging.getLogger(__name__)
 
-#: Minimum Spearman correlation with fp32 on the probe set for a faster path to be kept.
-DEFAULT_MIN_PROBE_SPEARMAN = 0.99
+__all__ = ["DEFAULT_MIN_PROBE_SPEARMAN", "FALLBACK_MAX_LENGTH", "ScoringEngine", "build_engine"]
+
 #: Token budget used when a model declares none (BERT-style models handle 512 positions).
 FALLBACK_MAX_LENGTH = 512
 
@@ -98,12 +99,10 @@ class ScoringEngine:
 
         if not pairs:
             return np.zeros((0, self.num_labels), dtype=np.float32)
-        order = np.argsort([-(len(a) + len(b)) for a, b in pairs], kind="stable")
         out = np.empty((len(pairs), self.num_labels), dtype=np.float32)
         processing = {"text": {"truncation": "only_second", "max_length": self.max_length}}
         with self.lock, torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
+            for idx in length_sorted_batches(pairs, batch_size):
                 batch = [list(pairs[i]) for i in idx]
                 features = self.model.preprocess(batch, processing_kwargs=processing)
                 if self.runner is not None:
@@ -131,21 +130,35 @@ def _candidate(model: Any, key: ModelKey) -> tuple[Any, OnnxRunner | None]:
     return to_precision(copy.deepcopy(model), key.precision), None
 
 
-def build_engine(key: ModelKey, *, min_probe_spearman: float = DEFAULT_MIN_PROBE_SPEARMAN) -> ScoringEngine:
+def build_engine(
+    key: ModelKey, *, min_probe_spearman: float = DEFAULT_MIN_PROBE_SPEARMAN
+) -> ScoringEngine | OnnxPairEngine:
     """Load the model for ``key`` and prepare its inference path.
 
     A faster path than fp32 is checked against fp32 on a fixed probe set and replaced by fp32 (with a
     logged reason, kept in ``engine.fallback_reason``) when it would change rankings.
+
+    ``precision="onnx"`` for a local model starts without torch when an export of the model's current
+    files has passed the probe before (``core._onnx_engine``); otherwise it is exported and probed here.
     """
+    fast = load_fast_pair_engine(key, min_probe_spearman)
+    if fast is not None:
+        return fast
     model = load_cross_encoder(key)
     if key.precision == "fp32":
         return ScoringEngine(model, key, precision="fp32")
     reference = _probe_logits(model, key, "fp32")
-    candidate_model, runner = _candidate(model, key)
-    agreement = compare_to_reference(reference, _probe_logits(candidate_model, key, key.precision, runner))
-    if agreement.acceptable(min_probe_spearman):
-        del model
-        return ScoringEngine(candidate_model, key, precision=key.precision, probe=agreement, runner=runner)
+    exported = export_pair_engine(model, key, reference) if key.precision == "onnx" else None
+    if exported is not None and exported.probe is not None and exported.probe.acceptable(min_probe_spearman):
+        return exported
+    if exported is not None and exported.probe is not None:
+        agreement = exported.probe
+    else:
+        candidate_model, runner = _candidate(model, key)
+        agreement = compare_to_reference(reference, _probe_logits(candidate_model, key, key.precision, runner))
+        if agreement.acceptable(min_probe_spearman):
+            del model
+            return ScoringEngine(candidate_model, key, precision=key.precision, probe=agreement, runner=runner)
     reason = (
         f"{key.precision} changed probe rankings (min Spearman {agreement.min_spearman:.4f} < "
         f"{min_probe_spearman}, top-1 kept: {agreement.top1_agree}); using fp32 for {key.model!r}"

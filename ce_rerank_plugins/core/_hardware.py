@@ -19,6 +19,7 @@ THREADS_ENV_VAR = "CE_RERANK_THREADS"
 Threads = int | Literal["auto", "torch"]
 _threads_lock = threading.Lock()
 _threads_decided = False
+_threads_count: int | None = None
 
 
 def default_threads() -> int:
@@ -53,17 +54,34 @@ def set_threads(threads: Threads = "auto") -> int | None:
     Returns:
         The thread count now in effect, or None for ``"torch"``.
     """
-    global _threads_decided
+    global _threads_decided, _threads_count
     threads = check_threads(threads, "threads")
     with _threads_lock:
         _threads_decided = True
         if threads == "torch":
+            _threads_count = None
             return None
         import torch
 
         count = default_threads() if threads == "auto" else threads
         torch.set_num_threads(count)
+        _threads_count = count
         return count
+
+
+def policy_threads() -> int | None:
+    """The intra-op thread count the policy asks for, without importing torch (for ONNX Runtime).
+
+    :func:`set_threads`'s choice if it was called, else ``$CE_RERANK_THREADS``; None for ``"torch"``
+    (leave the runtime's own default).
+    """
+    with _threads_lock:
+        if _threads_decided:
+            return _threads_count
+    setting = check_threads(os.environ.get(THREADS_ENV_VAR, "auto"), f"${THREADS_ENV_VAR}")
+    if setting == "torch":
+        return None
+    return default_threads() if setting == "auto" else setting
 
 
 def apply_thread_policy() -> None:

@@ -12,9 +12,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,15 @@ from ce_rerank_plugins.core._scores import FloatArray
 logger = logging.getLogger(__name__)
 
 Pair = tuple[str, str]
+
+
+def length_sorted_batches(pairs: Sequence[Pair], batch_size: int) -> Iterator[np.ndarray[Any, np.dtype[np.intp]]]:
+    """Positions of ``pairs`` in batches of ``batch_size``, longest first, so each batch pads little."""
+    order = np.argsort([-(len(a) + len(b)) for a, b in pairs], kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
 ScoreFn = Callable[[Sequence[Pair], int], FloatArray]
 
 

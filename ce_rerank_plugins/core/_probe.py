@@ -8,6 +8,9 @@ import numpy as np
 
 from ce_rerank_plugins.core._scores import FloatArray
 
+#: Minimum Spearman correlation with fp32 on the probe set for a faster path to be kept.
+DEFAULT_MIN_PROBE_SPEARMAN = 0.99
+
 PROBE_QUERIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "How many people live in Lyon?",

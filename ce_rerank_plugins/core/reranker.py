@@ -20,6 +20,8 @@ from ce_rerank_plugins.core._engine import DEFAULT_MIN_PROBE_SPEARMAN, ScoringEn
 from ce_rerank_plugins.core._fusion import Fusion, check_first_stage, check_fusion, fuse_scores
 from ce_rerank_plugins.core._hardware import device_has_native_bf16, resolve_device
 from ce_rerank_plugins.core._loading import ModelKey, normalize_model_name, recommended_fusion
+from ce_rerank_plugins.core._onnx import ONNX_PRECISIONS
+from ce_rerank_plugins.core._onnx_engine import OnnxPairEngine
 from ce_rerank_plugins.core._registry import ModelRegistry
 from ce_rerank_plugins.core._scores import (
     FloatArray,
@@ -36,7 +38,7 @@ Precision = Literal["auto", "fp32", "bf16", "onnx", "onnx-int8"]
 _PRECISIONS = ("auto", "fp32", "bf16", "onnx", "onnx-int8")
 
 #: The one registry of this process: every reranker with the same ModelKey shares one engine.
-SHARED_MODELS: ModelRegistry[ModelKey, ScoringEngine] = ModelRegistry()
+SHARED_MODELS: ModelRegistry[ModelKey, ScoringEngine | OnnxPairEngine] = ModelRegistry()
 
 # Async calls run the blocking work here; bounded so a burst of coroutines cannot spawn unbounded threads.
 _ASYNC_EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ce-rerank-async")
@@ -209,7 +211,8 @@ class CrossEncoderReranker:
         precision: ``"fp32"``, ``"bf16"``, ``"onnx"`` / ``"onnx-int8"`` (ONNX Runtime on CPU, exported
             and quantised locally, needs the ``onnx`` extra), or ``"auto"`` (bf16 where the hardware
             computes it natively, else fp32). Every path but fp32 is kept only if it ranks a probe set
-            like fp32; otherwise fp32 is used and the reason logged.
+            like fp32; otherwise fp32 is used and the reason logged. Once a local model's ``"onnx"``
+            export has passed the probe, later processes load it without importing torch (fast start).
         max_length: Token budget of a (query, passage) pair; the passage is truncated, never the query.
         batch_size: Pairs per forward pass (16 measured fastest on 2-core CPUs, see the README).
         score_mode: ``"auto"`` (the model's own activation), ``"logits"``, ``"sigmoid"`` or ``"softmax"``.
@@ -273,7 +276,8 @@ class CrossEncoderReranker:
             msg = f"window_overlap must be a non-negative integer, got {window_overlap!r}"
             raise ValueError(msg)
         self.score_mode_requested: ScoreMode = validate_score_mode(score_mode)
-        resolved_device = resolve_device(device)
+        # ONNX Runtime runs on CPU: "auto" means the CPU there (and needs no torch to decide it).
+        resolved_device = "cpu" if precision in ONNX_PRECISIONS and device == "auto" else resolve_device(device)
         if precision == "auto":
             precision = "bf16" if device_has_native_bf16(resolved_device) else "fp32"
         elif precision == "bf16" and resolved_device == "cpu" and not device_has_native_bf16("cpu"):
@@ -290,7 +294,7 @@ class CrossEncoderReranker:
             max_length=max_length,
             trust_remote_code=trust_remote_code,
         )
-        self.engine: ScoringEngine = SHARED_MODELS.get_or_load(
+        self.engine: ScoringEngine | OnnxPairEngine = SHARED_MODELS.get_or_load(
             self.key, functools.partial(build_engine, min_probe_spearman=min_probe_spearman)
         )
         self.batch_size = batch_size

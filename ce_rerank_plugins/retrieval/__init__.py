@@ -5,7 +5,7 @@ Needs the ``faiss`` extra (``pip install 'ce-rerank-plugins[faiss]'``); imports 
 
 from __future__ import annotations
 
-from ce_rerank_plugins.retrieval._embedder import DEFAULT_EMBEDDER_ID, Embedder
+from ce_rerank_plugins.retrieval._embedder import DEFAULT_EMBEDDER_ID, Embedder, EmbedderRuntime
 from ce_rerank_plugins.retrieval._persistence import FORMAT_VERSION, check_save_target
 from ce_rerank_plugins.retrieval.chunking import Chunk, TokenChunker
 from ce_rerank_plugins.retrieval.faiss_index import (
@@ -24,6 +24,7 @@ __all__ = [
     "Chunk",
     "Document",
     "Embedder",
+    "EmbedderRuntime",
     "FaissIndex",
     "IndexType",
     "RetrievalMode",

@@ -46,7 +46,7 @@ import numpy as np
 
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins.errors import IndexFormatError
-from ce_rerank_plugins.retrieval._embedder import Embedder, embedder_id
+from ce_rerank_plugins.retrieval._embedder import Embedder, EmbedderRuntime, embedder_id
 from ce_rerank_plugins.retrieval._lexical import LEXICAL_ARRAYS, LEXICAL_META, LexicalIndex
 
 if TYPE_CHECKING:
@@ -480,8 +480,16 @@ def _cleanup_if_idle(directory: Path) -> None:
         logger.debug("left %s as it is: %s", directory, exc)
 
 
-def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] | None = None) -> FaissIndex:
-    """Load and verify a saved index; ``embedder`` (default: the one in the manifest) must match it."""
+def load_index(
+    directory: Path,
+    *,
+    embedder: Embedder | str | os.PathLike[str] | None = None,
+    embedder_runtime: EmbedderRuntime = "torch",
+) -> FaissIndex:
+    """Load and verify a saved index; ``embedder`` (default: the one in the manifest) must match it.
+
+    ``embedder_runtime`` says what runs an embedder loaded here (see :class:`Embedder`).
+    """
     faiss = require("faiss", "faiss", purpose="loading a FaissIndex")
     from ce_rerank_plugins.retrieval.faiss_index import Document, FaissIndex
 
@@ -502,9 +510,9 @@ def load_index(directory: Path, *, embedder: Embedder | str | os.PathLike[str] |
         )
         raise IndexFormatError(msg)
     if embedder is None:
-        embedder = Embedder(None if stored_model == embedder_id(None) else stored_model)
+        embedder = Embedder(None if stored_model == embedder_id(None) else stored_model, runtime=embedder_runtime)
     elif not isinstance(embedder, Embedder):
-        embedder = Embedder(embedder)
+        embedder = Embedder(embedder, runtime=embedder_runtime)
     if embedder.id != stored_model:
         msg = (
             f"the index at {str(directory)!r} was built with embedding model {stored_model!r}, "

@@ -21,7 +21,7 @@ import numpy as np
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins._validation import check_sequence, check_text
 from ce_rerank_plugins.core import FloatArray
-from ce_rerank_plugins.retrieval._embedder import Embedder
+from ce_rerank_plugins.retrieval._embedder import Embedder, EmbedderRuntime
 from ce_rerank_plugins.retrieval._lexical import LexicalIndex
 
 logger = logging.getLogger(__name__)
@@ -545,9 +545,17 @@ class FaissIndex:
 
     @classmethod
     def load(
-        cls, directory: str | os.PathLike[str], *, embedder: Embedder | str | os.PathLike[str] | None = None
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        embedder: Embedder | str | os.PathLike[str] | None = None,
+        embedder_runtime: EmbedderRuntime = "torch",
     ) -> FaissIndex:
-        """Load an index saved by :meth:`save`, checking its manifest (see :func:`load_index`)."""
+        """Load an index saved by :meth:`save`, checking its manifest (see :func:`load_index`).
+
+        ``embedder_runtime`` (``"torch"``, ``"onnx"`` or ``"auto"``) says what runs the embedder loaded
+        for it; ``"onnx"`` lets a later process embed queries without importing torch.
+        """
         from ce_rerank_plugins.retrieval._persistence import load_index
 
-        return load_index(Path(directory), embedder=embedder)
+        return load_index(Path(directory), embedder=embedder, embedder_runtime=embedder_runtime)

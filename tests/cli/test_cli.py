@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -418,3 +419,47 @@ def test_hybrid_index_query_and_eval_modes(docs_dir, beir_dir, tiny_ce_path, tmp
     # a plain index has no BM25: asking for it is a clear one-line error
     plain = invoke("query", str(tmp_path / "missing"), "q", "-m", str(tiny_ce_path))
     assert plain.exit_code == 1
+
+
+CLI_IN_A_FRESH_PROCESS = """
+import json, sys
+from ce_rerank_plugins.cli import main
+sys.argv = ["ce-rerank", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exit:
+    assert not exit.code, exit.code
+heavy = sorted(m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules)
+print(json.dumps(heavy))
+"""
+
+
+def test_query_starts_without_torch_once_an_onnx_run_exported_both_models(index_dir, tiny_ce_path, tmp_path):
+    import os
+    import shutil
+
+    model = tmp_path / "ce"
+    shutil.copytree(tiny_ce_path, model)  # a private copy: its onnx/ cache starts empty
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    args = ["query", str(index_dir), "How many people live in Lyon?", "-k", "8", "-n", "3", "--json", "-m", str(model)]
+
+    def run(*extra: str) -> tuple[dict, list[str]]:
+        done = subprocess.run(
+            [sys.executable, "-c", CLI_IN_A_FRESH_PROCESS, *args, *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        *payload, heavy = done.stdout.strip().splitlines()
+        return json.loads("\n".join(payload)), json.loads(heavy)
+
+    torch_path, heavy = run("--precision", "fp32")
+    assert "torch" in heavy
+    exported, _ = run("--precision", "onnx")
+    fast, heavy = run()
+    assert heavy == [], "after one --precision onnx run, the default query must not import torch"
+    for result in (exported, fast):
+        assert [r["id"] for r in result["results"]] == [r["id"] for r in torch_path["results"]]
+        scores = [r["rerank_score"] for r in result["results"]]
+        np.testing.assert_allclose(scores, [r["rerank_score"] for r in torch_path["results"]], atol=1e-5)

