@@ -287,8 +287,16 @@ def export_pair_engine(model: Any, key: ModelKey, reference: FloatArray) -> Onnx
             logger.info("tokenizers does not reproduce the token ids of %s; no torch-free start for it", key.model)
             return None
     engine.probe = compare_to_reference(reference, engine.score_logits(probe_pairs(), batch_size=16))
-    record_runtime(graph, runtime | {"probe": dataclasses.asdict(engine.probe)})
+    _record_or_warn(graph, runtime | {"probe": dataclasses.asdict(engine.probe)})
     return engine
+
+
+def _record_or_warn(graph: Path, runtime: Mapping[str, Any]) -> None:
+    # The export works in this process either way; an unrecorded one is only exported again next time.
+    try:
+        record_runtime(graph, runtime)
+    except (OSError, ValueError) as exc:
+        logger.warning("could not record how to run %s without torch (%s); it will be checked again", graph, exc)
 
 
 # -- the bi-encoder ------------------------------------------------------------------------------
@@ -434,7 +442,7 @@ def export_text_encoder(model: Any, source: str) -> tuple[OnnxTextEncoder | None
     texts = [query for query, _ in PROBE_QUERIES] + [p for _, passages in PROBE_QUERIES for p in passages]
     reference = np.asarray(model.encode(texts, convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
     probe = _text_probe(reference, encoder.encode(texts, batch_size=8))
-    record_runtime(graph, runtime | {"probe": dataclasses.asdict(probe)})
+    _record_or_warn(graph, runtime | {"probe": dataclasses.asdict(probe)})
     if not probe.acceptable():
         return None, (
             f"the ONNX export changed embeddings (min cosine {probe.min_cosine:.6f}, "

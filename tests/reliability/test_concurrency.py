@@ -37,6 +37,27 @@ def test_threads_and_gathered_coroutines_get_the_sequential_results(reranker):
     assert asyncio.run(gathered()) == expected
 
 
+def test_the_torch_free_onnx_engine_gives_threads_the_sequential_results(tiny_ce_path, tmp_path, monkeypatch):
+    import shutil
+
+    from ce_rerank_plugins.core._onnx_engine import OnnxPairEngine
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_ce_path, model)  # its onnx/ cache is written here, not into the shared fixture
+    CrossEncoderReranker(model, precision="onnx")  # exports and records
+    from ce_rerank_plugins import SHARED_MODELS
+
+    SHARED_MODELS.clear()
+    reranker = CrossEncoderReranker(model, precision="onnx")
+    assert isinstance(reranker.engine, OnnxPairEngine)
+    queries = [f"{QUERY} {i}" for i in range(24)]
+    expected = [reranker.rank(q, DOCS) for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda q: reranker.rank(q, DOCS), queries)) == expected
+    SHARED_MODELS.clear()
+
+
 def test_searches_beside_a_writer_see_whole_operations(sample_index):
     index = FaissIndex(sample_index.embedder)
     permanent = {f"p{i}": f"Permanent passage {i} about the river Rhône." for i in range(20)}
