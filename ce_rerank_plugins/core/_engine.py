@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ce_rerank_plugins.core._loading import ModelKey, load_cross_encoder, to_precision
-from ce_rerank_plugins.core._microbatch import MicroBatcher, Pair, length_sorted_batches
+from ce_rerank_plugins.core._microbatch import MicroBatcher, Pair, length_sorted_batches, token_windows
 from ce_rerank_plugins.core._onnx import ONNX_PRECISIONS, OnnxRunner, model_input_names, onnx_file
 from ce_rerank_plugins.core._onnx_engine import OnnxPairEngine, export_pair_engine, load_fast_pair_engine
 from ce_rerank_plugins.core._probe import DEFAULT_MIN_PROBE_SPEARMAN, ProbeAgreement, compare_to_reference, probe_pairs
@@ -77,17 +77,7 @@ class ScoringEngine:
         """Split ``passage`` into overlapping windows of at most ``budget`` tokens (character slices)."""
         with self.lock:
             encoded = self.tokenizer(passage, add_special_tokens=False, truncation=False, return_offsets_mapping=True)
-        offsets = encoded["offset_mapping"]
-        if len(offsets) <= budget:
-            return [passage]
-        step = max(1, budget - overlap)
-        windows = []
-        for start in range(0, len(offsets), step):
-            stop = min(start + budget, len(offsets))
-            windows.append(passage[offsets[start][0] : offsets[stop - 1][1]])
-            if stop == len(offsets):
-                break
-        return windows
+        return token_windows(passage, encoded["offset_mapping"], budget, overlap)
 
     # -- scoring ----------------------------------------------------------------------------
     def score_logits(self, pairs: Sequence[Pair], batch_size: int) -> FloatArray:

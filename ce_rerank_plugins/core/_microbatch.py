@@ -33,6 +33,23 @@ def length_sorted_batches(pairs: Sequence[Pair], batch_size: int) -> Iterator[np
         yield order[start : start + batch_size]
 
 
+def token_windows(passage: str, offsets: Sequence[tuple[int, int]], budget: int, overlap: int) -> list[str]:
+    """``passage`` cut into windows of at most ``budget`` tokens sharing ``overlap`` (character slices).
+
+    ``offsets`` are the character spans of its tokens (no special tokens), from either tokenizer.
+    """
+    if len(offsets) <= budget:
+        return [passage]
+    step = max(1, budget - overlap)
+    windows = []
+    for start in range(0, len(offsets), step):
+        stop = min(start + budget, len(offsets))
+        windows.append(passage[offsets[start][0] : offsets[stop - 1][1]])
+        if stop == len(offsets):
+            break
+    return windows
+
+
 ScoreFn = Callable[[Sequence[Pair], int], FloatArray]
 
 

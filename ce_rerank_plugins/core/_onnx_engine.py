@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ce_rerank_plugins.core._loading import ModelKey
-from ce_rerank_plugins.core._microbatch import MicroBatcher, Pair, length_sorted_batches
+from ce_rerank_plugins.core._microbatch import MicroBatcher, Pair, length_sorted_batches, token_windows
 from ce_rerank_plugins.core._onnx import OnnxRunner, model_input_names, onnx_file, record_runtime, verified_export
 from ce_rerank_plugins.core._probe import (
     DEFAULT_MIN_PROBE_SPEARMAN,
@@ -185,16 +185,7 @@ class OnnxPairEngine:
         """Split ``passage`` into overlapping windows of at most ``budget`` tokens (character slices)."""
         with self.lock:
             offsets = self.tokenizer.offsets(passage)
-        if len(offsets) <= budget:
-            return [passage]
-        step = max(1, budget - overlap)
-        windows = []
-        for start in range(0, len(offsets), step):
-            stop = min(start + budget, len(offsets))
-            windows.append(passage[offsets[start][0] : offsets[stop - 1][1]])
-            if stop == len(offsets):
-                break
-        return windows
+        return token_windows(passage, offsets, budget, overlap)
 
     def score_logits(self, pairs: Sequence[Pair], batch_size: int) -> FloatArray:
         """Raw logits of shape ``(len(pairs), num_labels)``; passages truncated to ``max_length``, never queries."""
