@@ -139,10 +139,10 @@ def build_engine(
         return ScoringEngine(model, key, precision="fp32")
     reference = _probe_logits(model, key, "fp32")
     exported = export_pair_engine(model, key, reference) if key.precision == "onnx" else None
-    if exported is not None and exported.probe is not None and exported.probe.acceptable(min_probe_spearman):
-        return exported
-    if exported is not None and exported.probe is not None:
-        agreement = exported.probe
+    if exported is not None:  # the torch-free engine, probed with its own tokenizer
+        onnx_engine, agreement = exported
+        if agreement.acceptable(min_probe_spearman):
+            return onnx_engine
     else:
         candidate_model, runner = _candidate(model, key)
         agreement = compare_to_reference(reference, _probe_logits(candidate_model, key, key.precision, runner))

@@ -243,8 +243,10 @@ def load_fast_pair_engine(key: ModelKey, min_probe_spearman: float) -> OnnxPairE
         return None
 
 
-def export_pair_engine(model: Any, key: ModelKey, reference: FloatArray) -> OnnxPairEngine | None:
-    """Export the loaded ``CrossEncoder`` and return its torch-free engine, probe figures recorded.
+def export_pair_engine(
+    model: Any, key: ModelKey, reference: FloatArray
+) -> tuple[OnnxPairEngine, ProbeAgreement] | None:
+    """Export the loaded ``CrossEncoder``; return its torch-free engine and probe figures (recorded too).
 
     ``reference`` is the fp32 model's logits on ``probe_pairs()``. None (and nothing recorded) when the
     model cannot run this way: not a local directory, no fast tokenizer, or the fast tokenizer does
@@ -277,9 +279,10 @@ def export_pair_engine(model: Any, key: ModelKey, reference: FloatArray) -> Onnx
         if not _same_ids(expected, engine.tokenizer.encode(pairs, max_length, "only_second")):
             logger.info("tokenizers does not reproduce the token ids of %s; no torch-free start for it", key.model)
             return None
-    engine.probe = compare_to_reference(reference, engine.score_logits(probe_pairs(), batch_size=16))
-    _record_or_warn(graph, runtime | {"probe": dataclasses.asdict(engine.probe)})
-    return engine
+    agreement = compare_to_reference(reference, engine.score_logits(probe_pairs(), batch_size=16))
+    engine.probe = agreement
+    _record_or_warn(graph, runtime | {"probe": dataclasses.asdict(agreement)})
+    return engine, agreement
 
 
 def _record_or_warn(graph: Path, runtime: Mapping[str, Any]) -> None:

@@ -176,13 +176,16 @@ class Embedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def _encode_fast(self, texts: list[str], progress: bool) -> FloatArray:
-        step = self.batch_size * 16
-        chunks = range(0, len(texts), step)
-        if progress:
-            from tqdm.auto import tqdm
+        if not progress:  # a query: no progress bar, and no tqdm import on the fast start
+            return np.ascontiguousarray(self._loaded.fast.encode(texts, self.batch_size), dtype=np.float32)
+        from tqdm.auto import tqdm
 
-            chunks = tqdm(chunks, desc="Batches", unit_scale=step)
-        parts = [self._loaded.fast.encode(texts[i : i + step], self.batch_size) for i in chunks]
+        step = self.batch_size * 16  # one progress update per 16 batches
+        parts = []
+        with tqdm(total=len(texts), desc="Embedding", unit="text") as bar:
+            for start in range(0, len(texts), step):
+                parts.append(self._loaded.fast.encode(texts[start : start + step], self.batch_size))
+                bar.update(len(parts[-1]))
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
 

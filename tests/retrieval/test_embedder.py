@@ -48,6 +48,10 @@ def test_onnx_embeddings_equal_torch_and_a_fresh_process_starts_without_torch(us
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(vectors, torch_vectors, atol=1e-5)
     assert onnx.encode([]).shape == (0, 384)
+    many = TEXTS * 8  # with batch_size 1, progress updates every 16 texts: three updates
+    np.testing.assert_allclose(
+        Embedder(runtime="onnx", batch_size=1).encode(many, show_progress=True), np.tile(vectors, (8, 1)), atol=1e-5
+    )
 
     env_run = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, json.dumps(TEXTS)], capture_output=True, text=True, check=True
