@@ -126,3 +126,34 @@ def test_one_callers_failure_reaches_only_that_caller():
     with pytest.raises(ValueError, match="cannot score 'poison'"):
         poisoned.result(10)
     assert [float(f.result(10)[0, 0]) for f in futures] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_two_processes_exporting_one_model_at_once_both_work(tiny_ce_path, tmp_path, monkeypatch):
+    """Concurrent first uses write distinct temporary files; the cache they leave is verified and usable."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from ce_rerank_plugins.core import onnx_fast_start_ready
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_ce_path, model)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    script = (
+        "import json, sys\nfrom ce_rerank_plugins import CrossEncoderReranker\n"
+        "r = CrossEncoderReranker(sys.argv[1], precision='onnx')\n"
+        "print(json.dumps(r.predict([('lyon population', 'About 522,000 people live in Lyon.')]).tolist()))"
+    )
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script, str(model)], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0]
+    scores = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    np.testing.assert_allclose(scores[0], scores[1], atol=1e-6)
+    assert not list((model / "onnx").glob(".*.tmp")), "no temporary file is left behind"
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    assert onnx_fast_start_ready(str(model))
