@@ -111,10 +111,7 @@ def _probe_logits(engine_model: Any, key: ModelKey, precision: str, runner: Onnx
 
 def _candidate(model: Any, key: ModelKey) -> tuple[Any, OnnxRunner | None]:
     """The model object and, for ONNX paths, the runtime session that replaces its forward pass."""
-    if key.precision in ONNX_PRECISIONS:
-        if key.device != "cpu":
-            msg = f"precision {key.precision!r} runs on CPU only (ONNX Runtime), not on {key.device!r}"
-            raise ValueError(msg)
+    if key.precision in ONNX_PRECISIONS:  # on CPU: CrossEncoderReranker refuses another device
         names = model_input_names(model)
         return model, OnnxRunner(onnx_file(model, key.model, key.precision, names), names)
     return to_precision(copy.deepcopy(model), key.precision), None

@@ -278,6 +278,9 @@ class CrossEncoderReranker:
         self.score_mode_requested: ScoreMode = validate_score_mode(score_mode)
         # ONNX Runtime runs on CPU: "auto" means the CPU there (and needs no torch to decide it).
         resolved_device = "cpu" if precision in ONNX_PRECISIONS and device == "auto" else resolve_device(device)
+        if precision in ONNX_PRECISIONS and resolved_device != "cpu":
+            msg = f"precision {precision!r} runs on CPU only (ONNX Runtime), not on {resolved_device!r}"
+            raise ValueError(msg)
         if precision == "auto":
             precision = "bf16" if device_has_native_bf16(resolved_device) else "fp32"
         elif precision == "bf16" and resolved_device == "cpu" and not device_has_native_bf16("cpu"):

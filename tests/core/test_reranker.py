@@ -123,6 +123,8 @@ def test_bad_inputs_raise_clear_errors(tiny_ce_path, call, error, match):
         ({"max_length": 2}, "max_length must be an integer >= 8"),
         ({"min_keep": -1}, "min_keep must be a non-negative integer"),
         ({"score_threshold": float("nan")}, "score_threshold is NaN"),
+        ({"precision": "onnx", "device": "cuda"}, "runs on CPU only"),  # refused before anything is exported
+        ({"precision": "onnx-int8", "device": "cuda:1"}, "runs on CPU only"),
     ],
 )
 def test_bad_settings_raise(tiny_ce_path, kwargs, match):
