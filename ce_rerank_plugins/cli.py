@@ -434,6 +434,8 @@ def query(
                 for r in result.reranked
             ],
             "timings_ms": {"retrieval": result.retrieval_seconds * 1000, "rerank": result.rerank_seconds * 1000},
+            # What actually ran (after any probe fallback): e.g. "onnx" for both on the torch-free start.
+            "inference": {"cross_encoder": reranker.precision, "bi_encoder": loaded.embedder.runtime},
         }
         if ctx is not None:
             payload["context"] = ctx.text
