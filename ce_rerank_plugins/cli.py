@@ -20,7 +20,7 @@ from rich.console import Console
 
 from ce_rerank_plugins.core import Precision
 from ce_rerank_plugins.errors import CERerankError
-from ce_rerank_plugins.retrieval import RetrievalMode
+from ce_rerank_plugins.retrieval import EmbedderRuntime, RetrievalMode
 
 app = typer.Typer(
     name="ce-rerank",
@@ -360,7 +360,7 @@ QUERY_PRECISION_HELP = (
 )
 
 
-def _query_paths(model: str, precision: str) -> tuple[str, str]:
+def _query_paths(model: str, precision: Precision) -> tuple[Precision, EmbedderRuntime]:
     """The cross-encoder's precision and the bi-encoder's runtime for one query.
 
     A one-shot query spends more time importing torch than computing: under ``auto``, a model whose
@@ -413,8 +413,8 @@ def query(
         fail(f"--max-tokens must be >= 1, got {max_tokens}", 2)
     model_name = model or default_model()
     ce_precision, embedder_runtime = _query_paths(model_name, precision)
-    loaded = FaissIndex.load(index_dir, embedder=embedder, embedder_runtime=embedder_runtime)  # type: ignore[arg-type]
-    reranker = CrossEncoderReranker(model_name, precision=ce_precision)  # type: ignore[arg-type]
+    loaded = FaissIndex.load(index_dir, embedder=embedder, embedder_runtime=embedder_runtime)
+    reranker = CrossEncoderReranker(model_name, precision=ce_precision)
     pipeline = RetrieveRerankPipeline(loaded, reranker, k=k, top_n=n, mode=mode)
     result = pipeline.run(question)
     ctx = result.context(max_tokens) if context else None

@@ -63,10 +63,18 @@ def set_threads(threads: Threads = "auto") -> int | None:
             return None
         import torch
 
-        count = default_threads() if threads == "auto" else threads
+        count = _count_for(threads)
         torch.set_num_threads(count)
         _threads_count = count
         return count
+
+
+def _env_setting() -> Threads:
+    return check_threads(os.environ.get(THREADS_ENV_VAR, "auto"), f"${THREADS_ENV_VAR}")
+
+
+def _count_for(setting: int | Literal["auto"]) -> int:
+    return default_threads() if setting == "auto" else setting
 
 
 def policy_threads() -> int | None:
@@ -78,10 +86,8 @@ def policy_threads() -> int | None:
     with _threads_lock:
         if _threads_decided:
             return _threads_count
-    setting = check_threads(os.environ.get(THREADS_ENV_VAR, "auto"), f"${THREADS_ENV_VAR}")
-    if setting == "torch":
-        return None
-    return default_threads() if setting == "auto" else setting
+    setting = _env_setting()
+    return None if setting == "torch" else _count_for(setting)
 
 
 def apply_thread_policy() -> None:
@@ -92,7 +98,7 @@ def apply_thread_policy() -> None:
     with _threads_lock:
         if _threads_decided:
             return
-    setting = check_threads(os.environ.get(THREADS_ENV_VAR, "auto"), f"${THREADS_ENV_VAR}")
+    setting = _env_setting()
     count = set_threads(setting)
     if count is not None:  # process-wide: say so, and how to opt out
         logger.info(

@@ -167,9 +167,11 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _cached_file(directory: Path, filename: str, model_hash: str) -> Path | None:
+def _cached_file(directory: Path, filename: str, model_hash: str, source_hash: str | None) -> Path | None:
+    # Both names must match: the weights' hash (from torch) and, for a local model, its files' hash
+    # (what the torch-free start looks the export up by).
     manifest = _read_manifest(directory)
-    if manifest.get("model_sha256") != model_hash:
+    if manifest.get("model_sha256") != model_hash or manifest.get("source_files_sha256") != source_hash:
         return None
     expected = manifest.get("files", {}).get(filename)
     path = directory / filename
@@ -351,15 +353,15 @@ def onnx_file(model: Any, model_source: str, precision: str, input_names: list[s
     source_hash = known_source_files_sha256(local, trust_index=False) if local.is_dir() else None
     directory = cache_dir_for(model_source, source_hash or model_hash)
     directory.mkdir(parents=True, exist_ok=True)
-    fp32 = _cached_file(directory, "model.onnx", model_hash)
-    if fp32 is None or _read_manifest(directory).get("source_files_sha256") != source_hash:
+    fp32 = _cached_file(directory, "model.onnx", model_hash, source_hash)
+    if fp32 is None:
         logger.info("exporting %s to ONNX in %s", model_source, directory)
         fp32 = directory / "model.onnx"
         _export_fp32(hf_model, input_names, fp32, output)
         _record(directory, "model.onnx", model_hash, source_hash)
     if precision == "onnx":
         return fp32
-    int8 = _cached_file(directory, "model_int8.onnx", model_hash)
+    int8 = _cached_file(directory, "model_int8.onnx", model_hash, source_hash)
     if int8 is None:
         int8 = directory / "model_int8.onnx"
         _quantize_int8(fp32, int8)
