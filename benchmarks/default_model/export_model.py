@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 from sentence_transformers import CrossEncoder
+from train_v2 import mark_fp32_load
 
 from ce_rerank_plugins.core._probe import probe_pairs
 
@@ -24,7 +25,8 @@ def main() -> None:
     before = source.predict(pairs, activation_fn=torch.nn.Identity())
     source.half()
     source.save(str(args.out))
-    reloaded = CrossEncoder(str(args.out), device="cpu", model_kwargs={"dtype": torch.float32})
+    mark_fp32_load(args.out)
+    reloaded = CrossEncoder(str(args.out), device="cpu")  # fp32, as its config now says
     after = reloaded.predict(pairs, activation_fn=torch.nn.Identity())
     rho = float(spearmanr(before, after).statistic)
     print(f"saved {args.out}: max |logit diff| {np.max(np.abs(before - after)):.4f}, Spearman {rho:.5f}")

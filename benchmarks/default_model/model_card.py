@@ -60,8 +60,9 @@ def main() -> None:
         f"# ce-minilm-l6-offline (recipe v3: {status})",
         "",
         "A MiniLM-L6 (6 layers, 384 wide, 22.7M parameters) cross-encoder trained by this project, stored in",
-        "fp16 safetensors (loaded as fp32 master weights). `CrossEncoder(path)` and `CrossEncoderReranker(path)`",
-        "load it; with no model named, no `$CE_RERANK_MODEL` and no Hugging Face Hub, ce-rerank-plugins uses it.",
+        "fp16 safetensors and loaded as fp32: its config names fp32, so a plain `CrossEncoder(path)` does not run",
+        "fp16, which a CPU emulates about 10x slower. `CrossEncoder(path)` and `CrossEncoderReranker(path)` load",
+        "it; with no model named, no `$CE_RERANK_MODEL` and no Hugging Face Hub, ce-rerank-plugins uses it.",
         "",
         f"The rule for a default: the default offline pipeline (dense first stage, top {DEFAULT_DEPTH} reranked, the",
         "recommended fusion) must beat the first stage alone on SciFact test and on MS MARCO. At depth"

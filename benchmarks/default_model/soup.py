@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import torch
-from train_v2 import read_validation, validate
+from train_v2 import read_validation, save_fp16, validate
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     print("soup", json.dumps(record["metrics"]), flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    soup.to("cpu").half().save_pretrained(args.out / "model")
+    save_fp16(soup, args.out / "model")
     tok.save_pretrained(args.out / "model")
     ingredients = []
     for m in args.models:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from ce_rerank_plugins import CrossEncoderReranker, ModelLoadError
 from ce_rerank_plugins.core import _loading
@@ -60,6 +62,17 @@ def test_this_release_bundles_the_trained_offline_default():
     with safe_open(str(SHIPPED / "model.safetensors"), framework="pt") as weights:
         dtypes = {str(weights.get_slice(k).get_dtype()) for k in weights.keys()}  # noqa: SIM118
     assert dtypes == {"F16"}  # stored in fp16 to halve the package; loaded as fp32 master weights
+
+
+def test_plain_sentence_transformers_loads_the_shipped_model_in_fp32():
+    """Its config names fp32: transformers' dtype="auto" would otherwise run the fp16 weights, ~10x slower on CPU."""
+    from sentence_transformers import CrossEncoder
+
+    plain = CrossEncoder(str(SHIPPED), device="cpu")
+    assert {p.dtype for p in plain.model.parameters()} == {torch.float32}
+    pairs = [("How many people live in Lyon?", "Lyon had about 522,000 inhabitants."), ("q", "Unrelated text.")]
+    ours = CrossEncoderReranker(SHIPPED, precision="fp32", device="cpu", score_mode="logits")
+    np.testing.assert_allclose(plain.predict(pairs, activation_fn=torch.nn.Identity()), ours.predict(pairs), atol=1e-5)
 
 
 def test_offline_with_nothing_configured_resolves_to_the_shipped_model(no_env, monkeypatch):
