@@ -55,6 +55,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def rank_agreement(reference: list[Any], candidate: list[Any]) -> tuple[list[float], list[float]]:
+    """Per list of scores: Spearman with the reference, and the overlap of the two top-10s (top-n if shorter)."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    rhos, overlaps = [], []
+    for a, b in zip(reference, candidate, strict=True):
+        rhos.append(float(spearmanr(a, b).statistic))
+        n = min(10, len(a))
+        overlaps.append(len(set(np.argsort(-a)[:n]) & set(np.argsort(-b)[:n])) / n)
+    return rhos, overlaps
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 import numpy as np
-from _common import machine, model_and_inputs_parser, msmarco_inputs
+from _common import machine, model_and_inputs_parser, msmarco_inputs, rank_agreement
 
 
 def main() -> None:
@@ -29,7 +29,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from scipy.stats import spearmanr
 
     from ce_rerank_plugins import CrossEncoderReranker
     from ce_rerank_plugins.core._probe import PROBE_QUERIES
@@ -93,11 +92,7 @@ def main() -> None:
     base = statistics.median(seconds["default bf16 (addmm, separate GELU)"])
     rows = []
     for name in variants:
-        rho = [float(spearmanr(a, b).statistic) for a, b in zip(ref_scores, scores[name], strict=True)]
-        top10 = [
-            len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / min(10, len(a))
-            for a, b in zip(ref_scores, scores[name], strict=True)
-        ]
+        rho, top10 = rank_agreement(ref_scores, scores[name])
         median = statistics.median(seconds[name])
         rows.append(
             {

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import machine, model_and_inputs_parser, msmarco_inputs
+from _common import machine, model_and_inputs_parser, msmarco_inputs, rank_agreement
 
 
 def main() -> None:
@@ -36,7 +36,6 @@ def main() -> None:
     import onnx
     import onnxruntime as ort
     from onnxruntime import quantization
-    from scipy.stats import spearmanr
 
     from ce_rerank_plugins import CrossEncoderReranker
     from ce_rerank_plugins.core._onnx import model_input_names, onnx_file
@@ -82,11 +81,8 @@ def main() -> None:
             nodes_to_exclude=excluded + head,
         )
         scores, seconds = run(target)
-        spearman = min(float(spearmanr(a, b).correlation) for a, b in zip(reference, scores, strict=True))
-        top10 = min(
-            len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / 10
-            for a, b in zip(reference, scores, strict=True)
-        )
+        rhos, overlaps = rank_agreement(reference, scores)
+        spearman, top10 = min(rhos), min(overlaps)
         rows.append(
             {
                 "int8 matmuls": name,
@@ -136,8 +132,8 @@ def simulated_int8_accuracy(cross_encoder: Any, queries: list[str], docs: list[s
     import copy
 
     import torch
-    from scipy.stats import spearmanr
 
+    from ce_rerank_plugins.core._loading import to_precision
     from ce_rerank_plugins.core._probe import PROBE_QUERIES
 
     tokenizer, model = cross_encoder.tokenizer, cross_encoder.model.float().eval()
@@ -213,20 +209,7 @@ def simulated_int8_accuracy(cross_encoder: Any, queries: list[str], docs: list[s
             setattr(parent, child, FakeInt8Linear(linear, per_token, smooth))
         return m
 
-    class Fp32Head(torch.nn.Module):
-        def __init__(self, module: torch.nn.Module) -> None:
-            super().__init__()
-            self.module = module.float()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.module(x.float())
-
-    bf16 = copy.deepcopy(model).to(torch.bfloat16)
-    for name in ("classifier", "pooler"):
-        for parent in [bf16, *bf16.children()]:
-            if getattr(parent, name, None) is not None:
-                setattr(parent, name, Fp32Head(getattr(parent, name)))
-
+    bf16 = to_precision(copy.deepcopy(model), "bf16")  # the package's own bf16 cast, head kept in fp32
     schemes = {
         "bf16 encoder, fp32 head (the kept path, for scale)": bf16,
         "int8 per-tensor activations (as ONNX Runtime), every linear": quantised(per_token=False),
@@ -240,11 +223,7 @@ def simulated_int8_accuracy(cross_encoder: Any, queries: list[str], docs: list[s
     rows = []
     for name, m in schemes.items():
         got = scores(m)
-        rho = [float(spearmanr(a, b).statistic) for a, b in zip(reference, got, strict=True)]
-        top10 = [
-            len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / min(10, len(a))
-            for a, b in zip(reference, got, strict=True)
-        ]
+        rho, top10 = rank_agreement(reference, got)
         row = {
             "scheme": name,
             "spearman min": round(min(rho[:n_inputs]), 5),

@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import current_rss_mb, machine, peak_rss_mb, write_json
+from _common import current_rss_mb, machine, peak_rss_mb, rank_agreement, write_json
 
 from ce_rerank_plugins import SHARED_MODELS, CrossEncoderReranker
 from ce_rerank_plugins.core._engine import ScoringEngine
@@ -217,11 +216,7 @@ def main() -> None:
         scores = [score(q, docs) for q, docs in lists]
         if name == "fp32":
             reference = scores
-        rhos = [float(spearmanr(a, b).statistic) for a, b in zip(reference, scores, strict=True)]
-        overlap = [
-            len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / 10
-            for a, b in zip(reference, scores, strict=True)
-        ]
+        rhos, overlap = rank_agreement(reference, scores)
         rows[name] = {
             "path": f"CrossEncoderReranker(precision={precision!r}) -> {used}, batch {batch}",
             "precision_in_use": used,
