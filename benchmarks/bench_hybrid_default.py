@@ -1,7 +1,7 @@
 """Choose the default first-stage mode and hybrid fusion on *training* queries only.
 
 Queries: the 809 SciFact train claims with their train qrels, and web-style keyword pseudo-queries
-over the MS MARCO corpus (``benchmarks/default_model/keyword_query_pairs.pseudo_queries``; the source
+over the MS MARCO corpus (``benchmarks/_pseudo_queries.pseudo_queries``; the source
 passage is the one relevant document). No test query or judgement is read. Prints nDCG@10 per mode
 and fusion, writes JSON.
 
@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "default_model"))
-from keyword_query_pairs import pseudo_queries
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _pseudo_queries import pseudo_queries
 
 from ce_rerank_plugins.evaluation.beir import load_beir
 from ce_rerank_plugins.evaluation.rerank_eval import index_corpus, ranx_metrics

@@ -17,6 +17,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from ce_rerank_plugins.core import Precision
 from ce_rerank_plugins.errors import CERerankError
@@ -47,10 +49,13 @@ EmbedderOpt = Annotated[
 ]
 
 
-def note(message: str) -> None:
-    """A status line (what was written, what was skipped); ``--quiet`` hides it, results stay."""
+def note(message: str, style: str | None = None) -> None:
+    """A status line (what was written, what was skipped); ``--quiet`` hides it, results stay.
+
+    The message is plain text: a path or passage holding ``[/]`` is shown as it is, never read as markup.
+    """
     if not _OUTPUT["quiet"]:
-        err_console.print(message, highlight=False, soft_wrap=True)
+        err_console.print(message, highlight=False, soft_wrap=True, markup=False, style=style)
 
 
 #: Output settings of this invocation, set by the global options.
@@ -59,7 +64,7 @@ _OUTPUT = {"quiet": False}
 
 def fail(message: str, code: int = 1) -> None:
     """Print a one-line error and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -75,8 +80,10 @@ def _user_errors(func: F) -> F:
             raise
         except (ValueError, TypeError, UnicodeError) as exc:
             fail(str(exc), 1)
-        except (CERerankError, FileNotFoundError, NotADirectoryError, ImportError, KeyError, OSError) as exc:
-            fail(str(exc).strip("'\""), 1)
+        except KeyError as exc:  # str() of a KeyError is the repr of its key; the message is the key
+            fail(str(exc.args[0]) if exc.args else repr(exc), 1)
+        except (CERerankError, FileNotFoundError, NotADirectoryError, ImportError, OSError) as exc:
+            fail(str(exc), 1)
 
     return wrapper  # type: ignore[return-value]
 
@@ -191,36 +198,95 @@ def _index_corpus(corpus: dict[str, dict[str, str]], embedder: str | None) -> An
 @app.command()
 @_user_errors
 def train(
-    out: Annotated[Path, typer.Option("--out", help="Output directory (final model in OUT/final).")],
-    base: Annotated[str, typer.Option("--base", help="Base checkpoint: a cross-encoder or a backbone, path or id.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (the recipe: OUT/model; pairs: OUT/final).")],
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="default: the bundled model's recipe (listwise loss, mined hard negatives, resumable) on --data sets.",
+        ),
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option("--base", help="Base checkpoint, path or id (the recipe: default the bundled model)."),
+    ] = None,
     pairs_file: Annotated[
         list[Path] | None, typer.Option("--pairs", help="JSONL/TSV pairs (text_a, text_b, label); repeatable.")
     ] = None,
     data: Annotated[
-        Path | None, typer.Option("--data", help="BEIR dataset dir: train on qrels + mined hard negatives.")
+        list[Path] | None,
+        typer.Option("--data", help="BEIR dataset dir with qrels/<split>.tsv; repeatable."),
     ] = None,
-    split: Annotated[str, typer.Option(help="qrels split used with --data.")] = "train",
+    split: Annotated[str, typer.Option(help="qrels split used with --data (the recipe always reads train).")] = "train",
     num_labels: Annotated[int, typer.Option(help="1: relevance score; >1: classes.")] = 1,
     labels: Annotated[str | None, typer.Option(help="Comma-separated class names for num_labels > 1.")] = None,
     epochs: Annotated[float, typer.Option(help="Training epochs.")] = 1.0,
-    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (-1: all epochs).")] = -1,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (-1: all epochs; recipe: 1000).")] = -1,
     batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-5,
     max_length: Annotated[int, typer.Option(help="Token budget of a pair.")] = 256,
     eval_steps: Annotated[
-        int | None, typer.Option(help="Evaluate/checkpoint every N steps (default: per epoch).")
+        int | None, typer.Option(help="Evaluate/checkpoint every N steps (default: per epoch; recipe: 250).")
     ] = None,
-    eval_fraction: Annotated[float, typer.Option(help="Held-out share of queries for evaluation.")] = 0.05,
+    eval_fraction: Annotated[float, typer.Option(help="Held-out share of queries (recipe: of titles).")] = 0.05,
     patience: Annotated[int | None, typer.Option(help="Early stopping patience in evaluations.")] = None,
     precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = "auto",
-    negatives: Annotated[int, typer.Option(help="Mined negatives per query with --data.")] = 4,
-    depth: Annotated[int, typer.Option(help="Mining depth with --data.")] = 50,
+    negatives: Annotated[
+        int | None, typer.Option(help="Mined negatives per query with --data (default 4; recipe 5).")
+    ] = None,
+    depth: Annotated[int | None, typer.Option(help="Mining depth with --data (default 50; recipe 30).")] = None,
+    groups_per_step: Annotated[int, typer.Option(help="Recipe: query groups per optimiser step.")] = 8,
+    same_title: Annotated[int, typer.Option(help="Recipe: negatives drawn from the positive's title.")] = 1,
+    mining: Annotated[
+        str, typer.Option(help="Recipe: first stage that mines negatives: bm25 | dense (its cosines also teach).")
+    ] = "bm25",
+    distill_weight: Annotated[float, typer.Option(help="Recipe: weight of the bi-encoder distillation.")] = 0.5,
+    max_queries: Annotated[int, typer.Option(help="Recipe: training questions per set, at most (0: all).")] = 0,
+    max_holdout: Annotated[int, typer.Option(help="Recipe: held-out questions per set, at most.")] = 100,
+    time_budget: Annotated[
+        float, typer.Option(help="Recipe: stop training after this many seconds (0: no limit).")
+    ] = 0,
+    threads: Annotated[int, typer.Option(help="Recipe: torch CPU threads (0: torch's default).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed.")] = 12,
     resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint in --out.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     embedder: EmbedderOpt = None,
 ) -> None:
-    """Train or fine-tune a cross-encoder (sentence-transformers' trainer, evaluation, early stopping)."""
+    """Train or fine-tune a cross-encoder: the bundled model's recipe, or pairs through the ST trainer."""
+    if recipe is not None:
+        if recipe != "default":
+            fail(f"--recipe must be 'default', got {recipe!r}", 2)
+        if not data:
+            fail("no training data: give --data BEIR_DIR (repeatable) with qrels/train.tsv", 2)
+        if pairs_file:
+            fail("--pairs trains through the sentence-transformers trainer; leave out --recipe to use it", 2)
+        _train_recipe(
+            out,
+            data or [],
+            base=base,
+            max_steps=1000 if max_steps < 0 else max_steps,
+            groups_per_step=groups_per_step,
+            lr=lr,
+            max_length=max_length,
+            eval_steps=eval_steps or 250,
+            negatives=5 if negatives is None else negatives,
+            depth=30 if depth is None else depth,
+            same_title=same_title,
+            mining=mining,
+            distill_weight=distill_weight,
+            holdout_fraction=eval_fraction,
+            max_holdout=max_holdout,
+            max_queries=max_queries,
+            time_budget=time_budget,
+            threads=threads,
+            seed=seed,
+            resume=resume,
+            device=device,
+            embedder=embedder,
+        )
+        return
+    if base is None:
+        fail("--base is required without --recipe (a cross-encoder or a backbone, path or id)", 2)
     from ce_rerank_plugins.training import (
         LabeledPair,
         TrainingConfig,
@@ -233,17 +299,21 @@ def train(
     collected: list[LabeledPair] = []
     for path in pairs_file or []:
         collected += read_pairs(path)
-    if data is not None:
+    for directory in data or []:
         from ce_rerank_plugins.evaluation.beir import load_beir
 
-        dataset = load_beir(data, split)
+        dataset = load_beir(directory, split)
         collected += beir_training_pairs(
-            dataset, _index_corpus(dataset.corpus, embedder), depth=depth, num_negatives=negatives, seed=seed
+            dataset,
+            _index_corpus(dataset.corpus, embedder),
+            depth=50 if depth is None else depth,
+            num_negatives=4 if negatives is None else negatives,
+            seed=seed,
         )
     if not collected:
         fail("no training data: give --pairs FILE and/or --data BEIR_DIR", 2)
     config = TrainingConfig(
-        base_model=base,
+        base_model=str(base),
         output_dir=str(out),
         num_labels=num_labels,
         epochs=epochs,
@@ -273,7 +343,77 @@ def train(
         "best_metric": result.best_metric,
     }
     (out / "training_run.json").write_text(json.dumps(record, indent=2))
-    console.print(f"saved {result.model_dir} (best {result.primary_metric} = {result.best_metric})")
+    console.print(f"saved {result.model_dir} (best {result.primary_metric} = {result.best_metric})", markup=False)
+
+
+def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: str | None, **options: Any) -> None:
+    """``ce-rerank train --recipe default``: build the groups once, then train (resuming when asked)."""
+    from ce_rerank_plugins.core import bundled_model_dir
+    from ce_rerank_plugins.training.recipe import (
+        DATA_MANIFEST,
+        GroupSettings,
+        ListwiseConfig,
+        prepare_groups,
+        train_listwise,
+    )
+
+    checkpoint = out / "checkpoint" / "state.json"
+    if checkpoint.is_file() and not options["resume"]:
+        fail(f"{out} holds a checkpoint of an earlier run: pass --resume to continue it, or choose another --out", 2)
+    if base is None:
+        bundled = bundled_model_dir()
+        if bundled is None:
+            fail("this build bundles no model to start from: pass --base PATH", 2)
+        base = str(bundled)
+    groups_dir = out / "data"
+    sources = [str(d) for d in data]
+    manifest = groups_dir / DATA_MANIFEST
+    if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("sources") == sources:
+        note(f"reusing the training groups in {groups_dir}")
+    else:
+        if options["resume"] and checkpoint.is_file():
+            fail(f"{groups_dir} does not hold groups built from these --data folders; resume with the same --data", 2)
+        settings = GroupSettings(
+            mining=options["mining"],
+            negatives=options["negatives"],
+            same_title=min(options["same_title"], options["negatives"]),
+            depth=options["depth"],
+            holdout_fraction=options["holdout_fraction"],
+            max_holdout=options["max_holdout"],
+            max_queries=options["max_queries"],
+            seed=options["seed"],
+        )
+        embed = None
+        if embedder is not None:
+            from ce_rerank_plugins.retrieval import Embedder
+
+            chosen = Embedder(embedder)
+
+            def embed(texts: list[str]) -> Any:
+                return chosen.encode(texts, show_progress=False)
+
+        built = prepare_groups(data, groups_dir, settings=settings, embed=embed)
+        for name, counts in built["sets"].items():
+            note(f"{name}: {counts['train_groups']} training groups, {counts['validation_queries']} held out")
+    config = ListwiseConfig(
+        base_model=base,
+        max_steps=options["max_steps"],
+        groups_per_step=options["groups_per_step"],
+        learning_rate=options["lr"],
+        max_length=options["max_length"],
+        distill_weight=options["distill_weight"],
+        eval_steps=options["eval_steps"],
+        time_budget=options["time_budget"],
+        threads=options["threads"],
+        device=options["device"],
+        seed=options["seed"],
+    )
+    result = train_listwise(groups_dir, out, config)
+    console.print(
+        f"saved {result.model_dir}: step {result.best_step} of {result.steps}, held-out nDCG@10 "
+        f"{result.selection:.4f}, fusion {result.fusion[0]} ({result.fusion[1]:g})",
+        markup=False,
+    )
 
 
 @app.command()
@@ -339,7 +479,7 @@ def index(
     note(f"indexed {len(built)} chunks from {len(found.files)} files into {out}")
     if found.skipped:
         listed = ", ".join(f"{n} {suffix}" for suffix, n in sorted(found.skipped.items()))
-        note(f"[yellow]not read (unsupported file types):[/yellow] {listed}")
+        note(f"not read (unsupported file types): {listed}", style="yellow")
 
 
 def _check_mode(mode: str) -> None:
@@ -442,7 +582,7 @@ def query(
             payload["context_dropped"] = [c.citation for c in ctx.dropped]
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")  # plain JSON, no rich markup
         return
-    table = Table(title=f"{question}  (retrieve {k} → rerank → top {n})")
+    table = Table(title=Text(f"{question}  (retrieve {k} → rerank → top {n})"))
     for col in ("rank", "rerank score", "retrieval score", "was", "source", "snippet"):
         table.add_column(col, overflow="fold")
     for r in result.reranked:
@@ -451,8 +591,8 @@ def query(
             f"{r.rerank_score:.4f}",
             f"{r.hit.score:.4f}",
             f"#{r.retrieval_position}",
-            str(r.hit.metadata.get("source", "")),
-            _snippet(r.hit.text),
+            Text(str(r.hit.metadata.get("source", ""))),  # user text: never read as markup
+            Text(_snippet(r.hit.text)),
         )
     console.print(table)
     if ctx is not None:
@@ -524,7 +664,7 @@ def eval_command(
     json_path = out_dir / f"{dataset.name}{suffix}_eval.json"
     json_path.write_text(json.dumps(report.to_dict(), indent=2))
     png_path = plot_report(report, out_dir / f"{dataset.name}{suffix}_eval.png")
-    table = Table(title=f"{dataset.name} ({report.queries} queries)")
+    table = Table(title=Text(f"{dataset.name} ({report.queries} queries)"))
     for col in ("stage", "nDCG@10", "MRR@10", "R@10", "R@100", "ms median", "ms p95"):
         table.add_column(col, justify="right")
     for s in report.stages:
@@ -662,7 +802,7 @@ def demo(
         loaded = FaissIndex.load(built.save(Path(tmp) / "index"))  # the saved, pickle-free format round-trips
     console.print(
         f"[bold]ce-rerank demo[/bold]: {len(loaded)} chunks from the bundled sample corpus, "
-        f"embedder {loaded.embedder.id}, cross-encoder {reranker.key.model} ({reranker.precision}"
+        f"embedder {escape(loaded.embedder.id)}, cross-encoder {escape(reranker.key.model)} ({reranker.precision}"
         + (
             f", {reranker.fusion} fusion with the bi-encoder score, cross-encoder weight {reranker.fusion_weight:g})"
             if reranker.fusion != "none"
@@ -674,7 +814,7 @@ def demo(
     for question, answer_ids in DEMO_QUESTIONS:
         full = pipeline.run(question)
         result = dataclasses.replace(full, reranked=full.reranked[:n])
-        table = Table(title=f"Q: {question}", title_justify="left")
+        table = Table(title=Text(f"Q: {question}"), title_justify="left")
         for col in ("rank", "rerank score", "cross-encoder", "bi-encoder rank", "bi-encoder score", "passage"):
             table.add_column(col, overflow="fold")
         for r in result.reranked:
@@ -686,7 +826,7 @@ def demo(
                 f"{r.cross_encoder_score:.3f}" if r.cross_encoder_score is not None else "",
                 f"#{r.retrieval_position}{arrow}",
                 f"{r.hit.score:.3f}",
-                _snippet(r.hit.text, 80),
+                Text(_snippet(r.hit.text, 80)),
             )
         console.print(table)
         before, after = answer_movement(full, answer_ids)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ce_rerank_plugins.core._cache import CacheInfo, ScoreCache
-from ce_rerank_plugins.core._fusion import Fusion, check_first_stage, check_fusion, fuse_scores
+from ce_rerank_plugins.core._fusion import Fusion, applied_fusion, check_first_stage, check_fusion, fuse_scores
 from ce_rerank_plugins.core._hardware import (
     THREADS_ENV_VAR,
     Threads,
@@ -55,6 +55,7 @@ __all__ = [
     "ScoreCache",
     "ScoreMode",
     "Threads",
+    "applied_fusion",
     "apply_thread_policy",
     "bundled_model_dir",
     "check_first_stage",

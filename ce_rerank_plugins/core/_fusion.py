@@ -7,8 +7,9 @@ Two methods, both per query over the candidates being reranked:
   ``w = 0.5`` is the classic, unweighted RRF up to a factor of two).
 
 ``w`` is the cross-encoder's weight: 1.0 is the cross-encoder alone, 0.0 the first stage alone.
-When no first-stage scores are given, the input order is the first stage (best first), and its
-"score" is the negative rank.
+Fusion needs real first-stage scores. Without them the cross-encoder's scores stand alone: the input
+order is never taken for a retrieval score, since a passage at the bottom of a list could then never
+reach the top. :func:`applied_fusion` says which of the two happened.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ce_rerank_plugins.core._scores import FloatArray
 
 F64 = np.ndarray[Any, np.dtype[np.float64]]
 
-__all__ = ["FUSIONS", "Fusion", "check_fusion", "fuse_scores"]
+__all__ = ["FUSIONS", "Fusion", "applied_fusion", "check_fusion", "fuse_scores"]
 
 Fusion = Literal["none", "weighted", "rrf"]
 FUSIONS = ("none", "weighted", "rrf")
@@ -79,12 +80,20 @@ def _ranks(x: F64) -> F64:
     return ranks
 
 
+def applied_fusion(fusion: Fusion, first_stage: F64 | None) -> Fusion:
+    """The fusion that really runs: ``fusion`` with first-stage scores, ``"none"`` without them."""
+    return "none" if first_stage is None else fusion
+
+
 def fuse_scores(rerank_scores: FloatArray | F64, first_stage: F64 | None, *, fusion: Fusion, weight: float) -> F64:
-    """The fused score of each candidate (higher is better); the cross-encoder's scores when ``fusion="none"``."""
+    """The fused score of each candidate (higher is better).
+
+    The cross-encoder's own scores when ``fusion="none"`` or when no first-stage scores are given.
+    """
     ce: F64 = np.asarray(rerank_scores, dtype=np.float64)
-    if fusion == "none" or len(ce) == 0:
+    if fusion == "none" or first_stage is None or len(ce) == 0:
         return ce
-    first: F64 = -np.arange(len(ce), dtype=np.float64) if first_stage is None else first_stage
+    first: F64 = first_stage
     if fusion == "weighted":
         fused: F64 = weight * _minmax(ce) + (1.0 - weight) * _minmax(first)
     else:

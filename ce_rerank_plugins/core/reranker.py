@@ -17,7 +17,7 @@ import numpy as np
 from ce_rerank_plugins._validation import check_text
 from ce_rerank_plugins.core._cache import CacheInfo, ScoreCache
 from ce_rerank_plugins.core._engine import DEFAULT_MIN_PROBE_SPEARMAN, ScoringEngine, build_engine
-from ce_rerank_plugins.core._fusion import Fusion, check_first_stage, check_fusion, fuse_scores
+from ce_rerank_plugins.core._fusion import Fusion, applied_fusion, check_first_stage, check_fusion, fuse_scores
 from ce_rerank_plugins.core._hardware import device_has_native_bf16, resolve_device
 from ce_rerank_plugins.core._loading import ModelKey, normalize_model_name, recommended_fusion
 from ce_rerank_plugins.core._onnx import ONNX_PRECISIONS
@@ -50,7 +50,8 @@ class RankedResult:
 
     ``score`` is what the list is sorted by: the cross-encoder's score in the score mode's space, or,
     with fusion, the fused score. ``cross_encoder_score`` is always the cross-encoder's own score and
-    ``first_stage_score`` the first-stage score that was given, if any.
+    ``first_stage_score`` the first-stage score that was given, if any. ``fusion`` is the fusion that
+    produced ``score``: ``"none"`` whenever no first-stage scores were given, whatever was asked.
     """
 
     corpus_id: int
@@ -58,6 +59,7 @@ class RankedResult:
     text: str | None = None
     cross_encoder_score: float | None = None
     first_stage_score: float | None = None
+    fusion: Fusion = "none"
 
     def to_dict(self) -> dict[str, Any]:
         """The dict shape ``CrossEncoder.rank`` returns (``text`` only when present)."""
@@ -149,6 +151,7 @@ def select_results(
     min_keep: int,
     fused: np.ndarray[Any, Any] | None = None,
     first_stage: np.ndarray[Any, Any] | None = None,
+    fusion: Fusion = "none",
 ) -> list[RankedResult]:
     """Select and order results; shared by the local and the remote reranker.
 
@@ -169,6 +172,7 @@ def select_results(
             texts[int(i)] if texts is not None else None,
             cross_encoder_score=float(scores[i]),
             first_stage_score=None if first_stage is None else float(first_stage[i]),
+            fusion=fusion,
         )
         for i in order
     ]
@@ -391,7 +395,8 @@ class CrossEncoderReranker:
             min_keep: Override the reranker's ``min_keep`` for this call.
             score_mode: Override the score mode for this call.
             first_stage_scores: The retriever's score of each document, for fusion. Without them the
-                input order is taken as the first stage's ranking.
+                cross-encoder's scores stand alone (``RankedResult.fusion == "none"``): the input
+                order is never used as a retrieval score.
             fusion: Override the reranker's fusion for this call (``"none"``, ``"weighted"``, ``"rrf"``).
             fusion_weight: Override the cross-encoder's weight in the fusion.
 
@@ -423,6 +428,7 @@ class CrossEncoderReranker:
             min_keep=keep,
             fused=fuse_scores(scores, first, fusion=method, weight=weight),
             first_stage=first,
+            fusion=applied_fusion(method, first),
         )
 
     def classify(self, pairs: Sequence[tuple[str, str]]) -> list[PairClassification]:

@@ -474,7 +474,10 @@ def _cleanup_if_idle(directory: Path) -> None:
             generations = _generations(directory)
             number = int(current.split("-")[1])
             older = [g for n, g in generations.items() if n < number]
-            keep = {current} | ({max(older)} if older else set())
+            # A generation newer than CURRENT is kept: CURRENT was rolled back to an older one by hand,
+            # and a read must never delete the data it was rolled back from.
+            newer = {g for n, g in generations.items() if n > number}
+            keep = {current} | ({max(older)} if older else set()) | newer
             _cleanup(directory, keep)
     except (OSError, IndexFormatError) as exc:
         logger.debug("left %s as it is: %s", directory, exc)

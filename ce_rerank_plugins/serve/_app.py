@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -32,10 +33,11 @@ class ServeLimits:
 
 
 class DocumentObject(BaseModel):
-    """A document given as an object (the other accepted shape is a bare string)."""
+    """A document given as an object (the other accepted shape is a bare string): its text and an optional id."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
     text: str
+    id: str | int | None = None
 
 
 class RerankRequest(BaseModel):
@@ -51,6 +53,69 @@ class RerankRequest(BaseModel):
 
 class _Unavailable(Exception):
     pass
+
+
+class _BodyLimit:
+    """ASGI middleware: 413 for a body over ``max_bytes``, whether declared (``content-length``) or streamed.
+
+    A chunked upload declares no length, so the bytes are counted as they arrive; past the limit the
+    rest is never buffered and the app's answer is replaced by the 413.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send, f"the request body has {declared} bytes, more than the limit of {self.max_bytes}")
+            return
+        seen = {"bytes": 0, "over": False, "answered": False}
+
+        async def counted() -> dict[str, Any]:
+            if seen["over"]:  # the app reads on: tell it the client is gone instead of buffering more
+                return {"type": "http.disconnect"}
+            message: dict[str, Any] = await receive()
+            if message["type"] == "http.request":
+                seen["bytes"] += len(message.get("body", b""))
+                if seen["bytes"] > self.max_bytes:
+                    seen["over"] = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: dict[str, Any]) -> None:
+            if seen["over"]:
+                if not seen["answered"]:
+                    seen["answered"] = True
+                    await self._refuse(send, f"the request body is more than the limit of {self.max_bytes} bytes")
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not seen["over"]:
+                raise
+        if seen["over"] and not seen["answered"]:
+            seen["answered"] = True
+            await self._refuse(send, f"the request body is more than the limit of {self.max_bytes} bytes")
+
+    @staticmethod
+    async def _refuse(send: Any, message: str) -> None:
+        body = json.dumps({"error": {"status": 413, "message": message}}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
 
 def create_app(
@@ -116,12 +181,7 @@ def create_app(
     async def _unavailable(_: Request, exc: _Unavailable) -> JSONResponse:
         return error(503, str(exc))
 
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next: Any) -> Any:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            return error(413, f"the request body has {declared} bytes, more than the limit of {limits.max_body_bytes}")
-        return await call_next(request)
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -134,7 +194,9 @@ def create_app(
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         model = current()
-        return {"object": "list", "data": [{"id": model.key.model, "object": "model"}]}
+        # The fusion the model recommends, so a remote client fuses exactly as the local reranker does.
+        fusion = {"method": model.fusion, "weight": model.fusion_weight}
+        return {"object": "list", "data": [{"id": model.key.model, "object": "model", "fusion": fusion}]}
 
     @app.post("/v1/rerank")
     async def rerank(body: RerankRequest) -> Any:

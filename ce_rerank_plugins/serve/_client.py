@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from ce_rerank_plugins._validation import check_sequence, check_text
 from ce_rerank_plugins.core import (
     Fusion,
     RankedResult,
+    applied_fusion,
     check_first_stage,
     check_fusion,
     check_rank_options,
@@ -61,6 +62,7 @@ class _Plan:
             min_keep=self.min_keep,
             fused=fused,
             first_stage=self.first_stage,
+            fusion=applied_fusion(self.fusion, self.first_stage),
         )
 
 
@@ -103,6 +105,7 @@ class RemoteReranker:
         self.backoff = backoff
         # One pooled client (thread-safe), so connections are kept alive between calls.
         self._client = self._httpx.Client(timeout=timeout)
+        self._fusion: tuple[Fusion, float] | None = None
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -131,6 +134,23 @@ class RemoteReranker:
             raise RemoteRerankError(msg)
         return scores
 
+    def recommended_fusion(self) -> tuple[Fusion, float]:
+        """The served model's recommended (fusion, weight), fetched once; ``("none", 0.5)`` if it names none."""
+        if self._fusion is None:
+            try:
+                response = self._client.get(f"{self.url}/v1/models")
+                response.raise_for_status()
+                entry = response.json()["data"][0].get("fusion") or {}
+                method, weight = check_fusion(entry.get("method", "none"), entry.get("weight", 0.5))
+            except self._httpx.HTTPError as exc:
+                msg = f"cannot read the model's fusion from {self.url}/v1/models: {exc}"
+                raise RemoteRerankError(msg) from exc
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+                msg = f"{self.url}/v1/models names no valid fusion: {exc}"
+                raise RemoteRerankError(msg) from exc
+            self._fusion = (method, weight)
+        return self._fusion
+
     @property
     def model_name(self) -> str:
         """The model asked for, or the server's URL."""
@@ -153,8 +173,13 @@ class RemoteReranker:
         """Validate a rank call before any network use; what the reply will be turned into."""
         docs = _checked(query, documents, top_n)
         check_rank_options(top_n, options["score_threshold"], options["min_keep"], options["fusion_weight"])
-        method, weight = check_fusion(options["fusion"], options["fusion_weight"])
         first = check_first_stage(options["first_stage_scores"], len(docs))
+        fusion, weight_given = options["fusion"], options["fusion_weight"]
+        if fusion == "auto":
+            # Without first-stage scores nothing is fused, so the server need not be asked.
+            fusion, recommended = self.recommended_fusion() if first is not None else ("none", 0.5)
+            weight_given = recommended if weight_given is None else weight_given
+        method, weight = check_fusion(fusion, 0.5 if weight_given is None else weight_given)
         plan = _Plan(
             top_n, options["return_documents"], options["score_threshold"], options["min_keep"], first, method, weight
         )
@@ -183,10 +208,15 @@ class RemoteReranker:
         score_threshold: float | None = None,
         min_keep: int = 0,
         first_stage_scores: Sequence[float] | None = None,
-        fusion: Fusion = "none",
-        fusion_weight: float = 0.5,
+        fusion: Fusion | Literal["auto"] = "auto",
+        fusion_weight: float | None = None,
     ) -> list[RankedResult]:
-        """Rank ``documents`` for ``query`` on the server; the options mean what they mean in the core's ``rank``."""
+        """Rank ``documents`` for ``query`` on the server; the options mean what they mean in the core's ``rank``.
+
+        ``fusion="auto"`` fuses as the served model recommends (read once from the server's
+        ``/v1/models``), so the same call gives the same order here as on a local reranker. As in the
+        core, fusion runs only with ``first_stage_scores``.
+        """
         options = {k: v for k, v in locals().items() if k not in ("self", "query", "documents", "top_n")}  # the kwargs
         docs, plan = self._request(query, documents, top_n, options)
         if not docs:
@@ -216,8 +246,8 @@ class RemoteReranker:
         score_threshold: float | None = None,
         min_keep: int = 0,
         first_stage_scores: Sequence[float] | None = None,
-        fusion: Fusion = "none",
-        fusion_weight: float = 0.5,
+        fusion: Fusion | Literal["auto"] = "auto",
+        fusion_weight: float | None = None,
     ) -> list[RankedResult]:
         """Async :meth:`rank` (httpx's async client), retried the same way."""
         options = {k: v for k, v in locals().items() if k not in ("self", "query", "documents", "top_n")}  # the kwargs

@@ -465,3 +465,21 @@ def test_query_starts_without_torch_once_an_onnx_run_exported_both_models(index_
         assert [r["id"] for r in result["results"]] == [r["id"] for r in torch_path["results"]]
         scores = [r["rerank_score"] for r in result["results"]]
         np.testing.assert_allclose(scores, [r["rerank_score"] for r in torch_path["results"]], atol=1e-5)
+
+
+def test_rich_markup_in_user_text_is_shown_as_written(tmp_path):
+    """Passages, questions, paths and error messages holding ``[/]`` or ``[bold]`` print verbatim, never crash."""
+    docs = tmp_path / "[bold]notes"
+    docs.mkdir()
+    (docs / "x[i].md").write_text("Lyon [/] counted x[i] residents, [bold]522,000[/bold] in all.\n")
+    out = tmp_path / "ix[/]"
+    made = invoke("index", str(docs), "--out", str(out))
+    assert made.exit_code == 0, made.output
+    assert str(out) in made.stderr.replace("\n", "")
+    found = runner.invoke(app, ["query", str(out), "Lyon [/] x[i]?", "-k", "1", "-n", "1"])
+    assert found.exit_code == 0, found.output
+    flat = found.stdout.replace("\n", " ")
+    assert "Lyon [/] x[i]?" in flat and "x[i].md" in flat and "[bold]522,000" in flat
+    missing = runner.invoke(app, ["query", str(tmp_path / "no[/]such"), "q"])
+    assert missing.exit_code == 1 and "no[/]such" in missing.stderr
+    assert "MarkupError" not in missing.output

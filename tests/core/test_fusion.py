@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ce_rerank_plugins import CrossEncoderReranker
-from ce_rerank_plugins.core._fusion import check_first_stage, check_fusion, fuse_scores
+from ce_rerank_plugins.core._fusion import applied_fusion, check_first_stage, check_fusion, fuse_scores
 
 CE = np.array([0.9, 0.1, 0.5])
 FIRST = np.array([0.2, 0.8, 0.5])
@@ -26,9 +26,32 @@ def test_rrf_by_hand():
     assert fused == pytest.approx([0.5 / 61 + 0.5 / 63, 0.5 / 63 + 0.5 / 61, 0.5 / 62 + 0.5 / 62])
 
 
-def test_without_first_stage_scores_the_input_order_is_the_first_stage():
-    fused = fuse_scores(CE, None, fusion="weighted", weight=0.5)  # first = -[0, 1, 2] -> minmax [1, 0.5, 0]
-    assert fused == pytest.approx([0.5 * 1 + 0.5 * 1, 0.5 * 0 + 0.5 * 0.5, 0.5 * 0.5 + 0])
+def test_without_first_stage_scores_nothing_is_fused():
+    """The input order is no retrieval score: the cross-encoder's scores stand alone."""
+    for method in ("weighted", "rrf"):
+        assert fuse_scores(CE, None, fusion=method, weight=0.1) == pytest.approx(CE)
+        assert applied_fusion(method, None) == "none"
+        assert applied_fusion(method, FIRST) == method
+
+
+def test_the_default_model_puts_the_best_scored_passage_first_without_retrieval_scores():
+    """A passage at the bottom of a list reaches #1 when the cross-encoder scores it highest (the default fusion)."""
+    from ce_rerank_plugins.core import default_model
+
+    reranker = CrossEncoderReranker(default_model())
+    docs = [
+        "Espresso uses about nine bars of pressure.",
+        "Lyon is famous for its bouchons.",
+        "Lyon counted roughly 522,000 residents.",
+    ]
+    query = "How many people live in Lyon?"
+    scores = reranker.predict([(query, d) for d in docs])
+    ranked = reranker.rank(query, docs)
+    assert [r.corpus_id for r in ranked] == sorted(range(3), key=lambda i: -scores[i])
+    assert [r.score for r in ranked] == pytest.approx(sorted(scores.tolist(), reverse=True), abs=1e-6)
+    assert {r.fusion for r in ranked} == {"none"}
+    with_scores = reranker.rank(query, docs, first_stage_scores=[0.3, 0.2, 0.1])
+    assert {r.fusion for r in with_scores} == {reranker.fusion}
 
 
 def test_constant_scores_and_none():

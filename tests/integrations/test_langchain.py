@@ -246,6 +246,20 @@ def test_compressor_fuses_with_the_retrieval_score_in_metadata(tiny_ce_path):
         CrossEncoderCompressor(model=str(tiny_ce_path), fusion="magic")
 
 
+def test_without_retrieval_scores_the_compressor_orders_by_the_cross_encoder_alone(tiny_ce_path):
+    """Documents from a retriever that sets no score: the input order is never fused in as one."""
+    from langchain_core.documents import Document
+
+    texts = ["a b", "c", "d e f", "g"]
+    plain = CrossEncoderCompressor(model=str(tiny_ce_path), top_n=None, fusion="none").compress_documents(
+        [Document(page_content=t) for t in texts], QUERY
+    )
+    worst_first = [Document(page_content=d.page_content) for d in reversed(plain)]
+    fused = CrossEncoderCompressor(model=str(tiny_ce_path), top_n=None, fusion="weighted", fusion_weight=0.0)
+    out = fused.compress_documents(worst_first, QUERY)
+    assert [d.page_content for d in out] == [d.page_content for d in plain]
+
+
 def test_settings_are_typed_and_a_wrong_value_lists_the_allowed_ones(tiny_ce_path):
     with pytest.raises(ValueError, match="Input should be 'auto', 'fp32', 'bf16', 'onnx' or 'onnx-int8'"):
         CrossEncoderCompressor(model=str(tiny_ce_path), precision="fp8")

@@ -177,6 +177,17 @@ def test_postprocessor_fuses_with_the_retrieval_score(tiny_ce_path):
         CrossEncoderNodePostprocessor(model=str(tiny_ce_path), fusion="magic")
 
 
+def test_nodes_without_a_score_are_ordered_by_the_cross_encoder_alone(tiny_ce_path):
+    texts = ["a b", "c", "d e f", "g"]
+    plain = CrossEncoderNodePostprocessor(model=str(tiny_ce_path), top_n=None, fusion="none").postprocess_nodes(
+        [NodeWithScore(node=TextNode(text=t), score=None) for t in texts], query_str="q"
+    )
+    worst_first = [NodeWithScore(node=TextNode(text=n.node.get_content()), score=None) for n in reversed(plain)]
+    fused = CrossEncoderNodePostprocessor(model=str(tiny_ce_path), top_n=None, fusion="weighted", fusion_weight=0.0)
+    out = fused.postprocess_nodes(worst_first, query_str="q")
+    assert [n.node.get_content() for n in out] == [n.node.get_content() for n in plain]
+
+
 def test_faiss_retriever_in_hybrid_and_bm25_modes(sample_records):
     from ce_rerank_plugins.retrieval import FaissIndex
 

@@ -219,6 +219,20 @@ def test_load_without_faiss_names_the_extra(index, tmp_path, monkeypatch):
         FaissIndex.load(directory)
 
 
+def test_a_load_after_a_manual_rollback_keeps_the_newer_generation(index, tmp_path):
+    """Writing an older generation into CURRENT is a rollback; a read-only load must not delete what was newer."""
+    directory = tmp_path / "roll"
+    for n in range(1, 4):
+        grown = FaissIndex(index.embedder)
+        grown.add(TEXTS[:n], ids=[f"d{i}" for i in range(n)])
+        grown.save(directory)
+    (directory / "CURRENT").write_text("gen-000002\n")
+    assert len(FaissIndex.load(directory)) == 2
+    assert sorted(p.name for p in directory.iterdir()) == [".lock", "CURRENT", "gen-000002", "gen-000003"]
+    (directory / "CURRENT").write_text("gen-000003\n")  # rolling forward again still works
+    assert len(FaissIndex.load(directory)) == 3
+
+
 def test_a_load_cleans_up_after_an_interrupted_save(index, tmp_path):
     directory = index.save(tmp_path / "ix")
     (directory / ".tmp-gen-000002-deadbeef").mkdir()  # what a kill -9 mid-save leaves

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -93,6 +94,29 @@ def test_remote_reranker_sync_async_and_predict(server, reranker):
     assert remote.rank(QUERY, []) == []
     with pytest.raises(TypeError, match="documents must be a list"):
         remote.rank(QUERY, "one string")
+
+
+def test_a_chunked_body_over_the_limit_is_refused_like_a_declared_one(server):
+    """No content-length: the bytes are counted as they stream in, so the limit holds all the same."""
+    # Within every other limit (64 documents of 190 characters, a 3,900-character query), but over 16,000 bytes.
+    big = json.dumps({"query": "q" * 3900, "documents": ["x" * 190] * 64}).encode()
+    assert len(big) > 16000
+
+    def chunks():
+        for i in range(0, len(big), 1000):
+            yield big[i : i + 1000]
+
+    streamed = httpx.post(f"{server.url}/v1/rerank", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in streamed.request.headers
+    assert streamed.status_code == 413
+    assert "more than the limit of 16000 bytes" in streamed.json()["error"]["message"]
+    small = json.dumps({"query": "q", "documents": ["a", "b"]}).encode()
+    ok = httpx.post(f"{server.url}/v1/rerank", content=iter([small]), headers={"content-type": "application/json"})
+    assert ok.status_code == 200 and len(ok.json()["results"]) == 2
+    extra = httpx.post(f"{server.url}/v1/rerank", json={"query": "q", "documents": [{"text": "a", "vector": [1]}]})
+    assert extra.status_code == 422 and "documents.0" in extra.json()["error"]["message"]
+    with_id = httpx.post(f"{server.url}/v1/rerank", json={"query": "q", "documents": [{"text": "a", "id": 7}]})
+    assert with_id.status_code == 200
 
 
 def test_health_and_models(server, reranker):
@@ -198,6 +222,38 @@ def test_a_500_is_retried_and_a_persistent_one_fails_loudly():
         with pytest.raises(RemoteRerankError, match="500"):
             RemoteReranker(running.url, retries=1, backoff=0.01).rank("q", ["a", "b"])
         assert calls["n"] == -8
+
+
+def test_local_and_remote_fuse_alike_by_default(tiny_ce_path, tmp_path):
+    """One argument to switch: the client reads the served model's recommended fusion and applies it."""
+    import json
+    import shutil
+
+    from langchain_core.documents import Document
+
+    from ce_rerank_plugins.integrations.langchain import CrossEncoderCompressor
+
+    model_dir = tmp_path / "recommends-fusion"
+    shutil.copytree(tiny_ce_path, model_dir)
+    (model_dir / "ce_rerank.json").write_text(json.dumps({"fusion": "weighted", "fusion_weight": 0.4}))
+    local = CrossEncoderReranker(model_dir)
+    assert (local.fusion, local.fusion_weight) == ("weighted", 0.4)
+    plain = [r.corpus_id for r in local.rank(QUERY, DOCS, fusion="none")]
+    # Retrieval scores that disagree with the cross-encoder, so fusing changes the order.
+    first = [0.0] * len(DOCS)
+    for position, index in enumerate(plain):
+        first[index] = float(position)
+    docs = [Document(page_content=t, metadata={"retrieval_score": s}) for t, s in zip(DOCS, first, strict=True)]
+    with _Server(create_app(local, limits=TEST_LIMITS)) as running:
+        remote = RemoteReranker(running.url)
+        assert remote.recommended_fusion() == ("weighted", 0.4)
+        here = CrossEncoderCompressor(reranker=local, top_n=4).compress_documents(docs, QUERY)
+        there = CrossEncoderCompressor(reranker=remote, top_n=4).compress_documents(docs, QUERY)
+        assert [d.page_content for d in there] == [d.page_content for d in here]
+        assert [d.page_content for d in here] != [DOCS[i] for i in plain]  # fusion did change the order
+        ranked = remote.rank(QUERY, DOCS, first_stage_scores=first)
+        assert {r.fusion for r in ranked} == {"weighted"}
+        assert {r.fusion for r in remote.rank(QUERY, DOCS)} == {"none"}
 
 
 def test_an_unreachable_server_is_a_clear_error_after_the_retries():

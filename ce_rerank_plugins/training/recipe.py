@@ -1,0 +1,590 @@
+"""The default model's recipe: labelled questions, mined hard negatives, a listwise loss, resumable.
+
+``prepare_groups`` reads any number of BEIR-layout sets (``qrels/train.tsv``), mines hard negatives
+with the package's own bi-encoder (plus passages of the same title, e.g. other paragraphs of one
+SQuAD article), holds out whole titles for validation, and writes everything as gzipped JSON Lines.
+``train_listwise`` then fine-tunes a cross-encoder on those groups:
+
+    loss = -log softmax(s)[positive]  +  distill_weight * KL(softmax(t_neg / tau) || softmax(s_neg))
+
+``s`` are the cross-encoder's logits over one group (the positive and its negatives), ``t`` the
+bi-encoder's cosines. The first term teaches the answer against passages that share its words; the
+second keeps the bi-encoder's broad sense of topicality over the negatives, which real labels alone
+do not cover. Checkpoints are written atomically every ``checkpoint_steps``; a run started again
+with the same output folder resumes from the last one. Validation on held-out training questions
+picks the checkpoint and the fusion the model recommends (``ce_rerank.json``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ce_rerank_plugins.evaluation.beir import document_text, load_beir
+
+logger = logging.getLogger(__name__)
+
+GROUPS_FILE = "train_groups.jsonl.gz"
+VALIDATION_FILE = "val_queries.jsonl.gz"
+TEXTS_FILE = "texts.jsonl.gz"
+DATA_MANIFEST = "data.json"
+#: Fusion weights tried on the held-out questions (1.0 is the cross-encoder alone).
+FUSION_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """How training groups and validation queries are built from labelled sets.
+
+    Attributes:
+        mining: The first stage that mines negatives and gives held-out questions their candidates:
+            ``"bm25"`` (cheap; its negatives share the question's words, the distractors a reranker
+            must see through) or ``"dense"`` (the package's bi-encoder; its cosines also become the
+            distillation teacher's scores).
+        negatives: Negatives per group, mined from the first stage's ranking.
+        same_title: Of those, how many are drawn from passages sharing the positive's title.
+        depth: The first-stage depth negatives are drawn from.
+        skip_top: Bi-encoder ranks skipped for negatives (the very top holds most unlabelled answers).
+        holdout_fraction: Share of each set's titles held out for validation.
+        max_holdout: At most this many held-out questions per set.
+        val_depth: Candidates per held-out question (the first stage's top, as the pipeline sees them).
+        max_queries: Training questions per set, at most (0: all).
+        seed: Seed for the hold-out split and negative sampling.
+    """
+
+    mining: str = "bm25"
+    negatives: int = 5
+    same_title: int = 1
+    depth: int = 30
+    skip_top: int = 0
+    holdout_fraction: float = 0.05
+    max_holdout: int = 100
+    val_depth: int = 20
+    max_queries: int = 0
+    seed: int = 4
+
+
+@dataclass(frozen=True)
+class ListwiseConfig:
+    """Options of one listwise run (recorded in ``training_run.json``).
+
+    Attributes:
+        base_model: Cross-encoder checkpoint to fine-tune (folder or Hub id).
+        max_steps: Optimiser steps (the schedule's length).
+        groups_per_step: Query groups per optimiser step.
+        learning_rate: Peak learning rate (linear warm-up over 5% of steps, then linear decay).
+        max_length: Token budget of a (question, passage) pair.
+        distill_weight: Weight of the bi-encoder distillation over the negatives (0: off).
+        tau: Temperature of the bi-encoder's softmax.
+        eval_steps: Validate (and keep the best) every this many steps, and at the end.
+        checkpoint_steps: Write a resumable checkpoint every this many steps.
+        time_budget: Stop training after this many seconds (the schedule still ends at ``max_steps``).
+        threads: Torch CPU threads (0: torch's default).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        seed: Seed for shuffling and dropout.
+    """
+
+    base_model: str
+    max_steps: int = 1000
+    groups_per_step: int = 8
+    learning_rate: float = 2e-5
+    max_length: int = 256
+    distill_weight: float = 0.5
+    tau: float = 0.05
+    eval_steps: int = 250
+    checkpoint_steps: int = 50
+    time_budget: float = 0.0
+    threads: int = 0
+    device: str = "auto"
+    seed: int = 4
+
+
+@dataclass
+class ListwiseResult:
+    """What a run produced: the chosen model folder, its validation figures and the history."""
+
+    model_dir: str
+    steps: int
+    best_step: int
+    selection: float
+    fusion: tuple[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _write_jsonl_gz(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_jsonl_gz(path: Path) -> list[dict[str, Any]]:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def _set_name(directory: Path, taken: set[str]) -> str:
+    name, n = directory.name, 2
+    while name in taken:
+        name, n = f"{directory.name}-{n}", n + 1
+    return name
+
+
+def prepare_groups(
+    data_dirs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    settings: GroupSettings | None = None,
+    embed: Callable[[list[str]], Any] | None = None,
+) -> dict[str, Any]:
+    """Build training groups and held-out validation questions from BEIR-layout sets.
+
+    Each set needs ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/train.tsv``. A question's group is
+    its first judged passage and ``settings.negatives`` unjudged ones: passages sharing the positive's
+    title (other paragraphs of one article) and the bi-encoder's top candidates, each with its cosine
+    as the teacher's score. Whole titles are held out, so no held-out question's passage is seen in
+    training as a positive.
+
+    Args:
+        data_dirs: BEIR-layout folders.
+        out_dir: Where the groups go (``train_groups.jsonl.gz``, ``val_queries.jsonl.gz``,
+            ``texts.jsonl.gz``, ``data.json``).
+        settings: Group options.
+        embed: ``texts -> unit vectors``; the package's default bi-encoder when None.
+
+    Returns:
+        The manifest written to ``data.json`` (counts per set and the settings).
+    """
+    settings = settings or GroupSettings()
+    if not data_dirs:
+        msg = "no training data: give at least one BEIR-layout folder with qrels/train.tsv"
+        raise ValueError(msg)
+    if settings.same_title > settings.negatives:
+        msg = f"same_title ({settings.same_title}) cannot exceed negatives ({settings.negatives})"
+        raise ValueError(msg)
+    if settings.mining not in ("bm25", "dense"):
+        msg = f"mining must be 'bm25' or 'dense', got {settings.mining!r}"
+        raise ValueError(msg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(settings.seed)
+    texts: dict[str, str] = {}
+    groups: list[dict[str, Any]] = []
+    validation: list[dict[str, Any]] = []
+    per_set: dict[str, dict[str, int]] = {}
+    taken: set[str] = set()
+    for directory in map(Path, data_dirs):
+        dataset = load_beir(directory, "train")
+        name = _set_name(directory, taken)
+        taken.add(name)
+        doc_ids = list(dataset.corpus)
+        position = {d: i for i, d in enumerate(doc_ids)}
+        doc_texts = [document_text(dataset.corpus[d]) for d in doc_ids]
+        titles: dict[str, list[int]] = {}
+        for i, d in enumerate(doc_ids):
+            title = (dataset.corpus[d].get("title") or "").strip()
+            if title:
+                titles.setdefault(title, []).append(i)
+        # A question's hold-out key is its first judged passage's title (an article), else the question.
+        qids = [q for q in dataset.queries if any(d in position and g > 0 for d, g in dataset.qrels[q].items())]
+        title_of: dict[str, str] = {}
+        for q in qids:
+            first = next(d for d, g in dataset.qrels[q].items() if g > 0 and d in position)
+            title_of[q] = (dataset.corpus[first].get("title") or "").strip() or f"query:{q}"
+        keys = sorted({title_of[q] for q in qids})
+        rng.shuffle(keys)
+        held_keys: set[str] = set()
+        held_count = 0
+        limit = min(settings.max_holdout, max(1, int(len(qids) * settings.holdout_fraction)))
+        by_key: dict[str, list[str]] = {}
+        for q in qids:
+            by_key.setdefault(title_of[q], []).append(q)
+        for key in keys:
+            if held_count >= limit:
+                break
+            held_keys.add(key)
+            held_count += len(by_key[key])
+        train_qids = [q for q in qids if title_of[q] not in held_keys]
+        held_qids = [q for q in qids if title_of[q] in held_keys][: settings.max_holdout]
+        if settings.max_queries:
+            rng.shuffle(train_qids)
+            train_qids = train_qids[: settings.max_queries]
+        t0 = time.perf_counter()
+        asked = train_qids + held_qids
+        held = set(held_qids)
+        depth = max(settings.depth, settings.val_depth)
+        ranked = _first_stage(settings.mining, doc_texts, [dataset.queries[q] for q in asked], depth, embed)
+        used: set[int] = set()
+        made = 0
+        for qid, (top, top_scores) in zip(asked, ranked, strict=True):
+            score_of = dict(zip(top, top_scores, strict=True))
+            relevant = {d: g for d, g in dataset.qrels[qid].items() if d in position}
+            if qid in held:
+                cands = top[: settings.val_depth]
+                used.update(cands)
+                validation.append(
+                    {
+                        "set": name,
+                        "query": dataset.queries[qid],
+                        "docs": [f"{name}/{doc_ids[i]}" for i in cands],
+                        "first_stage": [round(score_of[i], 6) for i in cands],
+                        "relevant": {f"{name}/{d}": g for d, g in relevant.items() if g > 0},
+                    }
+                )
+                continue
+            positive = next(d for d, g in relevant.items() if g > 0)
+            pos_i = position[positive]
+            banned = {position[d] for d in relevant} | {pos_i}
+            same = [i for i in titles.get((dataset.corpus[positive].get("title") or "").strip(), []) if i not in banned]
+            chosen = rng.sample(same, min(settings.same_title, len(same)))
+            mined = [i for i in top[settings.skip_top : settings.depth] if i not in banned and i not in chosen]
+            chosen += mined[: settings.negatives - len(chosen)]
+            if not chosen:
+                continue
+            members = [pos_i, *chosen]
+            used.update(members)
+            group: dict[str, Any] = {
+                "set": name,
+                "query": dataset.queries[qid],
+                "docs": [f"{name}/{doc_ids[i]}" for i in members],
+            }
+            if settings.mining == "dense" and all(i in score_of for i in members):
+                group["teacher"] = [round(score_of[i], 6) for i in members]
+            groups.append(group)
+            made += 1
+        for i in used:
+            texts[f"{name}/{doc_ids[i]}"] = doc_texts[i]
+        per_set[name] = {"train_groups": made, "validation_queries": len(held_qids), "held_out_titles": len(held_keys)}
+        logger.info("%s: %d groups, %d held out (%.0f s)", name, made, len(held_qids), time.perf_counter() - t0)
+    rng.shuffle(groups)
+    _write_jsonl_gz(out / GROUPS_FILE, groups)
+    _write_jsonl_gz(out / VALIDATION_FILE, validation)
+    _write_jsonl_gz(out / TEXTS_FILE, ({"key": k, "text": v} for k, v in texts.items()))
+    manifest = {"sets": per_set, "settings": asdict(settings), "sources": [str(Path(d)) for d in data_dirs]}
+    (out / DATA_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _first_stage(
+    mining: str,
+    doc_texts: list[str],
+    queries: list[str],
+    depth: int,
+    embed: Callable[[list[str]], Any] | None,
+) -> list[tuple[list[int], list[float]]]:
+    """Each query's top ``depth`` documents (indices into ``doc_texts``) and their first-stage scores."""
+    if not queries:
+        return []
+    if mining == "bm25":
+        from ce_rerank_plugins.retrieval._lexical import LexicalIndex
+
+        index = LexicalIndex()
+        index.set_tokens(range(len(doc_texts)), index.tokenize(doc_texts))
+        out = []
+        for query in queries:
+            hits = index.search(query, depth)
+            out.append(([i for i, _ in hits], [s for _, s in hits]))
+        return out
+    if embed is None:
+        from ce_rerank_plugins.retrieval import Embedder
+
+        embedder = Embedder()
+
+        def embed(texts: list[str]) -> Any:
+            return embedder.encode(texts, show_progress=len(texts) > 2000)
+
+    doc_vectors = np.asarray(embed(doc_texts), dtype=np.float32)
+    query_vectors = np.asarray(embed(queries), dtype=np.float32)
+    out = []
+    for row in query_vectors:
+        sims = doc_vectors @ row
+        top = np.argsort(-sims, kind="stable")[:depth]
+        out.append(([int(i) for i in top], [float(sims[i]) for i in top]))
+    return out
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    span = float(x.max() - x.min())
+    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
+
+
+def _ndcg_mrr(order: np.ndarray, keys: list[str], relevant: dict[str, int]) -> tuple[float, float]:
+    ranked = [keys[i] for i in order[:10]]
+    dcg = sum((2 ** relevant.get(k, 0) - 1) / math.log2(r + 2) for r, k in enumerate(ranked))
+    ideal = sorted(relevant.values(), reverse=True)[:10]
+    idcg = sum((2**g - 1) / math.log2(r + 2) for r, g in enumerate(ideal))
+    rr = next((1.0 / (r + 1) for r, k in enumerate(ranked) if relevant.get(k, 0) > 0), 0.0)
+    return (dcg / idcg if idcg else 0.0), rr
+
+
+def validation_metrics(val: Sequence[dict[str, Any]], scores: Sequence[np.ndarray]) -> dict[str, float]:
+    """nDCG@10 and MRR@10 per set for the first stage, the cross-encoder alone and each fusion weight.
+
+    Fusion is the package's ``weighted`` fusion: min-max of each, ``w * cross + (1 - w) * first stage``.
+    ``selection`` is the mean over sets of the cross-encoder alone's nDCG@10.
+    """
+    rows: dict[str, list[float]] = {}
+    for entry, ce in zip(val, scores, strict=True):
+        first = np.asarray(entry["first_stage"], dtype=np.float64)
+        ce = np.asarray(ce, dtype=np.float64)
+        variants = {"first": first, "ce": ce}
+        for w in FUSION_GRID[:-1]:
+            variants[f"fused{w:g}"] = w * _minmax(ce) + (1 - w) * _minmax(first)
+        for label, s in variants.items():
+            ndcg, rr = _ndcg_mrr(np.argsort(-s, kind="stable"), entry["docs"], entry["relevant"])
+            rows.setdefault(f"{entry['set']}/{label}/ndcg@10", []).append(ndcg)
+            rows.setdefault(f"{entry['set']}/{label}/mrr@10", []).append(rr)
+    summary = {k: round(float(np.mean(v)), 4) for k, v in sorted(rows.items())}
+    sets = sorted({e["set"] for e in val})
+    for label in ["first", "ce", *(f"fused{w:g}" for w in FUSION_GRID[:-1])]:
+        summary[f"mean/{label}/ndcg@10"] = round(float(np.mean([summary[f"{s}/{label}/ndcg@10"] for s in sets])), 4)
+    summary["selection"] = summary["mean/ce/ndcg@10"]
+    return summary
+
+
+def decide_fusion(metrics: dict[str, float], tolerance: float = 0.002) -> tuple[str, float]:
+    """The fusion a model should recommend, from its held-out metrics.
+
+    The cross-encoder alone wins unless a weighted fusion beats it by more than ``tolerance``
+    (mean nDCG@10 over the held-out sets): fusing costs nothing only when real retrieval scores exist.
+    """
+    best_w, best = 1.0, metrics["mean/ce/ndcg@10"]
+    for w in FUSION_GRID[:-1]:
+        value = metrics[f"mean/fused{w:g}/ndcg@10"]
+        if value > best + tolerance and value > metrics["mean/ce/ndcg@10"] + tolerance:
+            best_w, best = w, value
+    return ("none", 1.0) if best_w == 1.0 else ("weighted", best_w)
+
+
+def save_cross_encoder(model: Any, tokenizer: Any, folder: Path, fusion: tuple[str, float] | None = None) -> None:
+    """Write a checkpoint that ``CrossEncoder(folder)`` and our reranker load, replacing ``folder`` whole.
+
+    Weights are stored in fp16 (half the size to carry) while ``config.json`` names fp32, so a plain
+    ``CrossEncoder(folder)`` runs fp32 instead of fp16 that most CPUs emulate slowly. The folder is
+    written beside the target and swapped in, so a crash leaves the old one or the new one, never half.
+    """
+    import copy
+
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    half = copy.deepcopy(model).to("cpu").half()
+    half.config.id2label = {0: "relevance"}
+    half.config.label2id = {"relevance": 0}
+    half.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    config_path = tmp / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["dtype"] = "float32"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if fusion is not None:
+        (tmp / "ce_rerank.json").write_text(
+            json.dumps({"fusion": fusion[0], "fusion_weight": fusion[1]}) + "\n", encoding="utf-8"
+        )
+    _swap_in(tmp, folder)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(target: Path) -> None:
+    """After a crash between the two renames of :func:`_swap_in`, the previous folder is the one to keep."""
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.exists():
+        os.replace(old, target)
+
+
+def train_listwise(
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: ListwiseConfig,
+    *,
+    max_val: int = 0,
+    on_step: Callable[[int], None] | None = None,
+) -> ListwiseResult:
+    """Fine-tune ``config.base_model`` on :func:`prepare_groups`' output; resume if ``out_dir`` has a checkpoint.
+
+    The model with the best held-out ``selection`` (cross-encoder alone, mean nDCG@10 over sets) is
+    kept in ``out_dir/model`` with the fusion :func:`decide_fusion` picks for it; the history goes to
+    ``out_dir/training_run.json``.
+
+    Args:
+        data_dir: The folder :func:`prepare_groups` wrote.
+        out_dir: Where the checkpoint, the kept model and the run record go.
+        config: The run's options.
+        max_val: Validate on only the first this many held-out questions (0: all).
+        on_step: Called with the step number after each optimiser step (and its checkpoint).
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ce_rerank_plugins.core import resolve_device
+
+    data, out = Path(data_dir), Path(out_dir)
+    for name in (GROUPS_FILE, VALIDATION_FILE, TEXTS_FILE):
+        if not (data / name).is_file():
+            msg = f"{str(data / name)!r} is missing: build the groups first (prepare_groups / ce-rerank train --data)"
+            raise FileNotFoundError(msg)
+    groups = _read_jsonl_gz(data / GROUPS_FILE)
+    val = _read_jsonl_gz(data / VALIDATION_FILE)
+    if max_val:
+        val = val[:max_val]
+    texts = {r["key"]: r["text"] for r in _read_jsonl_gz(data / TEXTS_FILE)}
+    if not groups or not val:
+        msg = f"{data} holds {len(groups)} training groups and {len(val)} validation questions; both must be > 0"
+        raise ValueError(msg)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, best_dir = out / "checkpoint", out / "model"
+    _recover(checkpoint)
+    _recover(best_dir)
+    resuming = (checkpoint / "state.json").is_file()
+    source = str(checkpoint if resuming else config.base_model)
+    local = Path(source).is_dir()
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=1, dtype=torch.float32, local_files_only=local
+    ).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+    warm = max(1, int(0.05 * config.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min((s + 1) / warm, max(0.0, (config.max_steps - s) / max(1, config.max_steps - warm))),
+    )
+    state: dict[str, Any] = {"step": 0, "history": [], "best_selection": None, "best_step": 0, "fusion": None}
+    if resuming:
+        state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+        saved = torch.load(checkpoint / "optimizer.pt", map_location=device, weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        logger.info("resuming at step %d from %s", state["step"], checkpoint)
+
+    def score(pairs: list[tuple[str, str]]) -> np.ndarray:
+        model.eval()
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(pairs), 64):
+                chunk = pairs[i : i + 64]
+                enc = tokenizer(
+                    [q for q, _ in chunk],
+                    [d for _, d in chunk],
+                    truncation="longest_first",
+                    max_length=config.max_length,
+                    padding=True,
+                    return_tensors="pt",
+                ).to(device)
+                outs.append(model(**enc).logits[:, 0].float().cpu().numpy())
+        model.train()
+        return np.concatenate(outs) if outs else np.zeros(0)
+
+    def validate(step: int) -> None:
+        flat = [(e["query"], texts[k]) for e in val for k in e["docs"]]
+        scores = score(flat)
+        split = np.cumsum([len(e["docs"]) for e in val])[:-1]
+        metrics = validation_metrics(val, np.split(scores, split))
+        state["history"].append({"step": step, **metrics})
+        logger.info(
+            "step %d: selection %.4f (first stage %.4f)", step, metrics["selection"], metrics["mean/first/ndcg@10"]
+        )
+        if state["best_selection"] is None or metrics["selection"] > state["best_selection"]:
+            state["best_selection"], state["best_step"] = metrics["selection"], step
+            state["fusion"] = list(decide_fusion(metrics))
+            save_cross_encoder(model, tokenizer, best_dir, (state["fusion"][0], state["fusion"][1]))
+
+    def save_checkpoint() -> None:
+        tmp = out / f".checkpoint.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        _swap_in(tmp, checkpoint)
+
+    if state["step"] == 0 and not state["history"]:
+        validate(0)  # the starting point, so a run that only hurts keeps its base
+        save_checkpoint()
+    order = list(range(len(groups)))
+    random.Random(config.seed).shuffle(order)
+    t0 = time.perf_counter()
+    model.train()
+    while state["step"] < config.max_steps:
+        if config.time_budget and time.perf_counter() - t0 > config.time_budget:
+            logger.info("time budget reached at step %d", state["step"])
+            break
+        step = state["step"]
+        torch.manual_seed(config.seed + step)  # dropout of a resumed step equals the uninterrupted one
+        start = (step * config.groups_per_step) % len(order)
+        batch = [groups[order[(start + j) % len(order)]] for j in range(config.groups_per_step)]
+        queries = [g["query"] for g in batch for _ in g["docs"]]
+        docs = [texts[k] for g in batch for k in g["docs"]]
+        enc = tokenizer(
+            queries, docs, truncation="longest_first", max_length=config.max_length, padding=True, return_tensors="pt"
+        ).to(device)
+        logits = model(**enc).logits[:, 0].float()
+        loss = logits.new_zeros(())
+        for g, s in zip(batch, torch.split(logits, [len(g["docs"]) for g in batch]), strict=True):
+            loss = loss - F.log_softmax(s, dim=0)[0]
+            if config.distill_weight > 0 and g.get("teacher") and len(s) > 2:
+                target = F.softmax(torch.tensor(g["teacher"][1:], device=s.device) / config.tau, dim=0)
+                kl = F.kl_div(F.log_softmax(s[1:], dim=0), target, reduction="sum")
+                loss = loss + config.distill_weight * kl
+        loss = loss / len(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] = step + 1
+        state.setdefault("losses", []).append(round(float(loss.detach()), 4))
+        if state["step"] % config.eval_steps == 0 or state["step"] == config.max_steps:
+            validate(state["step"])
+        if state["step"] % config.checkpoint_steps == 0 or state["step"] == config.max_steps:
+            save_checkpoint()
+        if on_step is not None:
+            on_step(state["step"])
+    if state["history"][-1]["step"] != state["step"]:
+        validate(state["step"])
+        save_checkpoint()
+    record = {
+        "config": asdict(config),
+        "data": json.loads((data / DATA_MANIFEST).read_text(encoding="utf-8"))
+        if (data / DATA_MANIFEST).is_file()
+        else None,
+        "device": device,
+        "steps": state["step"],
+        "best_step": state["best_step"],
+        "fusion": state["fusion"],
+        "history": state["history"],
+        "losses": state.get("losses", []),
+    }
+    (out / "training_run.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return ListwiseResult(
+        model_dir=str(best_dir),
+        steps=state["step"],
+        best_step=state["best_step"],
+        selection=float(state["best_selection"]),
+        fusion=(state["fusion"][0], float(state["fusion"][1])),
+        history=state["history"],
+    )

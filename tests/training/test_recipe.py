@@ -1,0 +1,190 @@
+"""The default model's recipe end to end on tiny BEIR sets: groups, listwise training, resume, the command."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ce_rerank_plugins import CrossEncoderReranker
+from ce_rerank_plugins.cli import app
+from ce_rerank_plugins.training.recipe import (
+    FUSION_GRID,
+    GroupSettings,
+    ListwiseConfig,
+    decide_fusion,
+    prepare_groups,
+    train_listwise,
+)
+
+CITIES = {
+    "Lyon": ("residents", "bouchons", "silk", "rivers"),
+    "Porto": ("wine", "bridges", "tiles", "harbour"),
+    "Graz": ("clock", "university", "hill", "museum"),
+    "Turku": ("castle", "cathedral", "archipelago", "ferries"),
+}
+
+
+def write_beir(root: Path, prefix: str) -> Path:
+    """Four articles of four paragraphs; two questions per paragraph that share the article's name."""
+    (root / "qrels").mkdir(parents=True)
+    corpus, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for city, topics in CITIES.items():
+        for p, topic in enumerate(topics):
+            doc_id = f"{prefix}-{city}-{p}"
+            text = f"{city} is known for its {topic}; the {topic} of {city} draw many visitors every year."
+            corpus.append({"_id": doc_id, "title": city, "text": text})
+            for n, ask in enumerate((f"What is {city} known for, {topic}?", f"Tell me about the {topic} in {city}")):
+                qid = f"{prefix}-q-{city}-{p}-{n}"
+                queries.append({"_id": qid, "text": ask})
+                qrels.append(f"{qid}\t{doc_id}\t1")
+    (root / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in corpus) + "\n")
+    (root / "queries.jsonl").write_text("\n".join(json.dumps(r) for r in queries) + "\n")
+    (root / "qrels" / "train.tsv").write_text("\n".join(qrels) + "\n")
+    return root
+
+
+@pytest.fixture
+def two_sets(tmp_path) -> list[Path]:
+    return [write_beir(tmp_path / "set-a", "a"), write_beir(tmp_path / "set-b", "b")]
+
+
+def read_gz(path: Path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+SETTINGS = GroupSettings(negatives=3, same_title=1, depth=10, holdout_fraction=0.25, max_holdout=8, val_depth=6)
+
+
+def test_groups_hold_out_whole_titles_and_never_use_a_positive_as_negative(two_sets, tmp_path):
+    manifest = prepare_groups(two_sets, tmp_path / "groups", settings=SETTINGS)
+    groups = read_gz(tmp_path / "groups" / "train_groups.jsonl.gz")
+    val = read_gz(tmp_path / "groups" / "val_queries.jsonl.gz")
+    texts = {r["key"]: r["text"] for r in read_gz(tmp_path / "groups" / "texts.jsonl.gz")}
+    assert manifest["sets"] == {
+        "set-a": {"train_groups": 24, "validation_queries": 8, "held_out_titles": 1},
+        "set-b": {"train_groups": 24, "validation_queries": 8, "held_out_titles": 1},
+    }
+    held_titles = {k.split("-")[2] for v in val for k in v["relevant"]}
+    for g in groups:
+        assert len(g["docs"]) == 4 and len(set(g["docs"])) == 4 and "teacher" not in g  # bm25: no teacher
+        positive_title = g["docs"][0].split("-")[2]
+        assert positive_title not in held_titles
+        # The question's own paragraph is first; the negatives are other paragraphs, one of its article.
+        assert sum(d.split("-")[2] == positive_title for d in g["docs"][1:]) >= 1
+        assert all(d in texts for d in g["docs"])
+    for v in val:
+        assert len(v["docs"]) == len(v["first_stage"]) <= 6
+        assert v["first_stage"] == sorted(v["first_stage"], reverse=True)
+
+
+def test_dense_mining_records_the_bi_encoders_cosines_as_teacher(two_sets, tmp_path):
+    prepare_groups(
+        two_sets[:1], tmp_path / "groups", settings=GroupSettings(**{**SETTINGS.__dict__, "mining": "dense"})
+    )
+    groups = read_gz(tmp_path / "groups" / "train_groups.jsonl.gz")
+    assert any("teacher" in g for g in groups)
+    assert all(-1.0 <= t <= 1.0 for g in groups for t in g.get("teacher", []))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"mining": "magic"}, "mining must be 'bm25' or 'dense'"),
+        ({"same_title": 5}, r"same_title \(5\) cannot exceed negatives \(3\)"),
+    ],
+)
+def test_bad_group_settings_are_named(two_sets, tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        prepare_groups(two_sets, tmp_path / "g", settings=GroupSettings(**{**SETTINGS.__dict__, **change}))
+    with pytest.raises(ValueError, match="no training data"):
+        prepare_groups([], tmp_path / "g")
+
+
+def test_decide_fusion_prefers_the_cross_encoder_alone_unless_fusion_clearly_wins():
+    metrics = {"mean/ce/ndcg@10": 0.70} | {f"mean/fused{w:g}/ndcg@10": 0.701 for w in FUSION_GRID[:-1]}
+    assert decide_fusion(metrics) == ("none", 1.0)
+    metrics["mean/fused0.6/ndcg@10"] = 0.75
+    assert decide_fusion(metrics) == ("weighted", 0.6)
+
+
+def weights(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(two_sets, tmp_path, tiny_ce_path):
+    """Stopped after its step-2 checkpoint and started again, a run ends where an uninterrupted one does."""
+    prepare_groups(two_sets, tmp_path / "groups", settings=SETTINGS)
+    config = ListwiseConfig(
+        base_model=str(tiny_ce_path),
+        max_steps=6,
+        groups_per_step=4,
+        learning_rate=5e-4,
+        max_length=64,
+        eval_steps=3,
+        checkpoint_steps=2,
+        threads=1,
+        device="cpu",
+    )
+    whole = train_listwise(tmp_path / "groups", tmp_path / "whole", config)
+    assert whole.steps == 6 and [h["step"] for h in whole.history] == [0, 3, 6]
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_three(step: int) -> None:
+        if step == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_listwise(tmp_path / "groups", tmp_path / "cut", config, on_step=stop_at_three)
+    state = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2
+    resumed = train_listwise(tmp_path / "groups", tmp_path / "cut", config)
+    assert resumed.steps == 6 and resumed.best_step == whole.best_step
+    assert [h["step"] for h in resumed.history] == [0, 3, 6]
+    a, b = weights(tmp_path / "whole" / "checkpoint"), weights(tmp_path / "cut" / "checkpoint")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6, err_msg=name)
+    # The kept model loads in the package with its recommended fusion, fp16 on disk, fp32 to run.
+    model_dir = tmp_path / "cut" / "model"
+    recommended = json.loads((model_dir / "ce_rerank.json").read_text())
+    assert recommended["fusion"] in ("none", "weighted")
+    assert json.loads((model_dir / "config.json").read_text())["dtype"] == "float32"
+    assert {str(v.dtype) for v in weights(model_dir).values()} == {"float16"}
+    reranker = CrossEncoderReranker(model_dir, precision="fp32")
+    assert reranker.fusion == recommended["fusion"]
+    assert len(reranker.rank("What is Lyon known for?", ["Lyon silk", "Porto wine"])) == 2
+    record = json.loads((tmp_path / "cut" / "training_run.json").read_text())
+    assert record["steps"] == 6 and len(record["losses"]) == 6 and record["data"]["sets"]
+
+
+def test_train_command_runs_the_recipe_and_refuses_to_mix_runs(two_sets, tmp_path, tiny_ce_path):
+    runner = CliRunner()
+    args = ["train", "--recipe", "default", "--out", str(tmp_path / "run"), "--base", str(tiny_ce_path)]
+    for d in two_sets:
+        args += ["--data", str(d)]
+    options = ["--max-steps", "2", "--eval-steps", "2", "--groups-per-step", "2", "--negatives", "2"]
+    options += ["--max-length", "64", "--max-holdout", "4", "--device", "cpu", "--threads", "1"]
+    done = runner.invoke(app, args + options)
+    assert done.exit_code == 0, done.output
+    assert "set-a: " in done.output and "held-out nDCG@10" in done.output
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    again = runner.invoke(app, args + options)
+    assert again.exit_code == 2 and "pass --resume" in again.output
+    resumed = runner.invoke(app, [*args, *options, "--resume", "--max-steps", "3"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "reusing the training groups" in resumed.output
+    assert json.loads((tmp_path / "run" / "training_run.json").read_text())["steps"] == 3
+    other = runner.invoke(app, ["train", "--recipe", "magic", "--out", str(tmp_path / "x"), "--data", str(two_sets[0])])
+    assert other.exit_code == 2 and "--recipe must be 'default'" in other.output
+    missing = runner.invoke(app, ["train", "--recipe", "default", "--out", str(tmp_path / "y")])
+    assert missing.exit_code == 2 and "no training data" in missing.output
