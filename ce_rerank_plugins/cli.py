@@ -480,6 +480,9 @@ def index(
     if found.skipped:
         listed = ", ".join(f"{n} {suffix}" for suffix, n in sorted(found.skipped.items()))
         note(f"not read (unsupported file types): {listed}", style="yellow")
+    if found.ignored:
+        listed = ", ".join(f"{n} {reason}" for reason, n in sorted(found.ignored.items()))
+        note(f"skipped (hidden, ignored or saved indexes; see the README's ingestion rules): {listed}")
 
 
 def _check_mode(mode: str) -> None:

@@ -88,6 +88,8 @@ def load_cross_encoder(key: ModelKey) -> Any:
 
     apply_thread_policy()
     is_local = Path(key.model).is_dir()
+    if is_local:
+        _refuse_untrained_head(Path(key.model))
     try:
         model = CrossEncoder(
             key.model,
@@ -111,6 +113,37 @@ def load_cross_encoder(key: ModelKey) -> Any:
         raise ModelLoadError(msg) from exc
     model.eval()
     return model
+
+
+#: Weight-name parts that mark a trained sequence-classification head (BERT/RoBERTa/DeBERTa/ModernBERT...).
+_HEAD_MARKERS = ("classifier.", "score.", "pre_classifier.")
+
+
+def _refuse_untrained_head(folder: Path) -> None:
+    """Refuse a local checkpoint whose weights hold no classification head (a bi-encoder, a bare backbone).
+
+    transformers would add a randomly initialised head and the reranker would return noise; the check
+    reads only the tensor names of ``model.safetensors``.
+    """
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return  # other layouts (sharded, .bin) are left to the loader
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="np") as fh:
+            names = list(fh.keys())
+    except Exception:  # an unreadable file is reported by the loader, with its own message
+        return
+    if any(marker in name for name in names for marker in _HEAD_MARKERS):
+        return
+    kind = "a sentence-transformers bi-encoder" if (folder / "modules.json").is_file() else "a model"
+    msg = (
+        f"{str(folder)!r} is {kind} with no trained classification head: as a cross-encoder it would score "
+        "with random weights. Pass a cross-encoder (a checkpoint trained for sequence classification), or "
+        "train one from it with `ce-rerank train`."
+    )
+    raise ModelLoadError(msg)
 
 
 #: Submodules kept in fp32 under bf16: the pooler and classifier that turn the last hidden state into the

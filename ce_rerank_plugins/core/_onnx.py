@@ -209,7 +209,16 @@ def record_runtime(graph: Path, runtime: Mapping[str, Any]) -> None:
         msg = f"{graph} is not in its manifest; export it before recording how to run it"
         raise ValueError(msg)
     manifest.setdefault("runtime", {})[graph.name] = dict(runtime)
+    manifest.setdefault("runtime_sha256", {})[graph.name] = _runtime_sha256(
+        manifest["runtime"][graph.name], manifest["files"][graph.name]
+    )
     _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+
+def _runtime_sha256(runtime: Mapping[str, Any], graph_sha256: str) -> str:
+    """Checksum over every field the fast start trusts: the runtime entry and the graph it belongs to."""
+    canonical = json.dumps({"runtime": runtime, "graph": graph_sha256}, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def verified_export(model_dir: Path, kind: str, filename: str = "model.onnx") -> tuple[Path, dict[str, Any]] | None:
@@ -232,8 +241,14 @@ def verified_export(model_dir: Path, kind: str, filename: str = "model.onnx") ->
     path = directory / filename
     if not expected or not path.is_file():
         return None
-    if manifest.get("stats", {}).get(filename) != _stat(path) and _file_sha256(path) != expected:
-        return None  # rewritten since it was recorded, and not to the same bytes
+    if manifest.get("runtime_sha256", {}).get(filename) != _runtime_sha256(runtime, expected):
+        logger.warning("the ONNX manifest in %s was edited since it was recorded; not using its export", directory)
+        return None
+    # The graph's bytes are hashed on every use, never trusted from its stat: a file rewritten with its
+    # size and mtime restored must not run. (sha256 of a MiniLM-sized graph is tens of milliseconds.)
+    if sha256_file(path) != expected:
+        logger.warning("the ONNX graph %s does not match its recorded checksum; not using it", path)
+        return None
     return path, runtime
 
 

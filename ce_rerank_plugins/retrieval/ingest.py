@@ -10,8 +10,12 @@ What ``ce-rerank index`` does, as a library call. The contract (see :mod:`ce_rer
   record split into several chunks gets ``"<record position>.<chunk>"``.
 - ids: ``<source>#<chunk>`` for files and ``<record id>#<chunk>`` for JSON Lines records.
 
-Folders named in ``exclude`` (the index's own output folder) are never read, so indexing a folder
-into a subfolder of itself does not ingest the previous index.
+What a folder walk skips, as search tools do (ripgrep, git): hidden files and folders (a name that
+starts with "."), whatever a ``.gitignore`` or ``.ignore`` file in the walked folders excludes, and
+every saved index of this package (a folder holding ``CURRENT`` and ``gen-*``, or a version-1
+``manifest.json`` with ``documents.jsonl``), so an index is never ingested as documents. Folders named
+in ``exclude`` (the index's own output folder) are never read either. A file named directly is always
+read. :attr:`IngestedFiles.ignored` counts what was skipped, by reason.
 """
 
 from __future__ import annotations
@@ -52,10 +56,82 @@ class SourceRecord:
 
 @dataclass(frozen=True)
 class IngestedFiles:
-    """The files to read, each with its source name, and the files found but not read (by suffix)."""
+    """The files to read, each with its source name; files of other types (by suffix); what the walk skipped.
+
+    ``ignored`` counts skipped files and folders by reason: ``"hidden"``, ``"ignore file"`` (matched by
+    a ``.gitignore`` / ``.ignore``) and ``"saved index"``.
+    """
 
     files: list[tuple[Path, str]]
     skipped: dict[str, int]
+    ignored: dict[str, int] = field(default_factory=dict)
+
+
+IGNORE_FILES = (".gitignore", ".ignore")
+
+
+def _is_saved_index(folder: Path) -> bool:
+    from ce_rerank_plugins.retrieval._persistence import CURRENT_FILE, DOCUMENTS_FILE, MANIFEST_FILE
+
+    if (folder / CURRENT_FILE).is_file() and any(folder.glob("gen-*")):
+        return True
+    return (folder / MANIFEST_FILE).is_file() and (folder / DOCUMENTS_FILE).is_file()
+
+
+def _ignore_spec(folder: Path) -> Any:
+    """The patterns of ``folder``'s ignore files (git's semantics, via pathspec), or None."""
+    lines: list[str] = []
+    for name in IGNORE_FILES:
+        file = folder / name
+        if file.is_file():
+            try:
+                lines += file.read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError as exc:
+                logger.warning("cannot read %s: %s", file, exc)
+    if not lines:
+        return None
+    import pathspec
+
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def _walk(root: Path, excluded: Sequence[Path], ignored: dict[str, int]) -> list[Path]:
+    """Every file under ``root`` that is not hidden, ignored, inside a saved index or excluded, sorted."""
+    out: list[Path] = []
+
+    def skip(reason: str) -> None:
+        ignored[reason] = ignored.get(reason, 0) + 1
+
+    def visit(folder: Path, specs: list[tuple[Path, Any]]) -> None:
+        own = _ignore_spec(folder)
+        specs = [*specs, (folder, own)] if own is not None else specs
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as exc:
+            logger.warning("cannot list %s: %s", folder, exc)
+            return
+        for entry in entries:
+            if _inside(entry, excluded):
+                continue
+            if entry.name.startswith("."):
+                skip("hidden")
+                continue
+            is_dir = entry.is_dir()
+            if any(
+                spec.match_file(entry.relative_to(base).as_posix() + ("/" if is_dir else "")) for base, spec in specs
+            ):
+                skip("ignore file")
+                continue
+            if is_dir:
+                if _is_saved_index(entry):
+                    skip("saved index")
+                else:
+                    visit(entry, specs)
+            elif entry.is_file():
+                out.append(entry)
+
+    visit(root, [])
+    return out
 
 
 def _inside(path: Path, folders: Sequence[Path]) -> bool:
@@ -73,15 +149,17 @@ def collect_files(paths: Sequence[Path], *, exclude: Sequence[Path] = ()) -> Ing
     excluded = [Path(p).resolve() for p in exclude]
     files: list[tuple[Path, str]] = []
     skipped: dict[str, int] = {}
+    ignored: dict[str, int] = {}
     for path in paths:
         path = Path(path)
         if not path.exists():
             msg = f"no such file or folder: {path}"
             raise FileNotFoundError(msg)
         if path.is_dir():
-            for p in sorted(path.rglob("*")):
-                if not p.is_file() or _inside(p, excluded):
-                    continue
+            if _is_saved_index(path):
+                msg = f"{path} is a saved index of ce-rerank, not a folder of documents"
+                raise ValueError(msg)
+            for p in _walk(path, excluded, ignored):
                 if p.suffix in SUPPORTED_SUFFIXES:
                     files.append((p, p.relative_to(path).as_posix()))
                 else:
@@ -99,7 +177,7 @@ def collect_files(paths: Sequence[Path], *, exclude: Sequence[Path] = ()) -> Ing
             f"so each is named by its path"
         )
         raise ValueError(msg)
-    return IngestedFiles(files, skipped)
+    return IngestedFiles(files, skipped, ignored)
 
 
 def _read_jsonl(file: Path, source: str) -> list[SourceRecord]:

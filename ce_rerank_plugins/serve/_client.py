@@ -77,7 +77,8 @@ class RemoteReranker:
         url: The server's base URL, e.g. ``"http://127.0.0.1:8080"``.
         model: The model to ask for (None: the server's).
         timeout: Seconds per attempt.
-        retries: Further attempts after a connection error or a 5xx (a 4xx is never retried).
+        retries: Further attempts after a connection error or a 5xx (a 4xx or a timed-out request is
+            never retried).
         backoff: Seconds before the first retry; doubled each time.
 
     Example:
@@ -194,6 +195,17 @@ class RemoteReranker:
         return None
 
     def _unreachable(self, attempt: int, exc: Exception) -> None:
+        """Retry a connection that failed; raise at once on a request that was sent but not answered in time.
+
+        A timed-out request reached a slow (not a dead) server, which computes it anyway: sending it
+        again would only pile abandoned work onto that server.
+        """
+        if isinstance(exc, self._httpx.TimeoutException) and not isinstance(exc, self._httpx.ConnectTimeout):
+            msg = (
+                f"{self.url} did not answer within timeout={self.timeout:g} s ({type(exc).__name__}); not retried, "
+                "since the server is still computing the request. Raise timeout= or send fewer documents."
+            )
+            raise RemoteRerankError(msg) from exc
         if attempt == self.retries:
             msg = f"cannot reach {self.url} after {attempt + 1} attempts: {exc}"
             raise RemoteRerankError(msg) from exc

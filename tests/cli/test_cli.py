@@ -483,3 +483,31 @@ def test_rich_markup_in_user_text_is_shown_as_written(tmp_path):
     missing = runner.invoke(app, ["query", str(tmp_path / "no[/]such"), "q"])
     assert missing.exit_code == 1 and "no[/]such" in missing.stderr
     assert "MarkupError" not in missing.output
+
+
+def test_index_skips_hidden_ignored_and_saved_index_folders_and_says_so(tmp_path, sample_records):
+    """Like search tools: no dot-files, nothing a .gitignore excludes, never a saved index of ours."""
+    proj = tmp_path / "proj"
+    (proj / "sub").mkdir(parents=True)
+    (proj / "a.md").write_text("Lyon counted roughly 522,000 residents.\n")
+    (proj / ".env.md").write_text("API_KEY=secret\n")
+    (proj / ".git").mkdir()
+    (proj / ".git" / "COMMIT_EDITMSG.txt").write_text("private message\n")
+    (proj / "node_modules" / "pkg").mkdir(parents=True)
+    (proj / "node_modules" / "pkg" / "README.md").write_text("vendored\n")
+    (proj / "build.log.md").write_text("noise\n")
+    (proj / ".gitignore").write_text("node_modules/\n*.log.md\n")
+    (proj / "sub" / ".ignore").write_text("secret.md\n")
+    (proj / "sub" / "secret.md").write_text("do not index\n")
+    (proj / "sub" / "ok.md").write_text("Coffee brews best just off the boil.\n")
+    first = invoke("index", str(proj), "--out", str(proj / "my-index"))
+    assert first.exit_code == 0, first.output
+    again = invoke("index", str(proj), "--out", str(tmp_path / "idx"))
+    assert again.exit_code == 0, again.output
+    sources = {d["metadata"]["source"] for d in _documents(tmp_path / "idx")}
+    assert sources == {"a.md", "sub/ok.md"}
+    said = again.stderr.replace("\n", " ")
+    # .env.md, .git, and the two ignore files themselves are dot-files.
+    assert "4 hidden" in said and "3 ignore file" in said and "1 saved index" in said
+    into_itself = invoke("index", str(proj / "my-index"), "--out", str(tmp_path / "idx2"))
+    assert into_itself.exit_code == 1 and "is a saved index of ce-rerank" in into_itself.stderr

