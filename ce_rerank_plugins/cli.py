@@ -685,6 +685,18 @@ def eval_command(
     note(f"wrote {json_path} and {png_path}")
 
 
+def _check_host(host: str) -> None:
+    """Refuse a --host that is no address at all (``256.1.1.1``) before anything loads."""
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if not host or re.fullmatch(r"[\d.]+", host) or ":" in host:
+            fail(f"--host {host!r} is not a valid IP address or host name", 2)
+
+
 @app.command()
 @_user_errors
 def serve(
@@ -711,6 +723,7 @@ def serve(
         fail(f"need 0 < --port < 65536 and --max-documents >= 1, got {port} and {max_documents}", 2)
     if not ray and (address or replicas != 1 or max_replicas is not None or cpus_per_replica != 1.0):
         fail("--address, --replicas, --max-replicas and --cpus-per-replica are for --ray", 2)
+    _check_host(host)
     from ce_rerank_plugins.serve import ServeLimits, create_app
 
     limits = ServeLimits(max_documents=max_documents)

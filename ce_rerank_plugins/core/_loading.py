@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +77,26 @@ def hub_is_offline() -> bool:
     )
 
 
+@contextlib.contextmanager
+def quiet_weight_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar while a model loads, unless transformers logs at INFO or below.
+
+    A library that loads a model once per process should not draw a bar on its user's stderr; the
+    setting is restored afterwards, so a user's own loads keep theirs.
+    """
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled or hf_logging.get_verbosity() <= logging.INFO:
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def load_cross_encoder(key: ModelKey) -> Any:
     """Load the sentence-transformers ``CrossEncoder`` that ``key`` describes, in fp32 on its device.
 
@@ -91,17 +113,18 @@ def load_cross_encoder(key: ModelKey) -> Any:
     if is_local:
         _refuse_untrained_head(Path(key.model))
     try:
-        model = CrossEncoder(
-            key.model,
-            revision=key.revision,
-            device=key.device,
-            max_length=key.max_length,
-            trust_remote_code=key.trust_remote_code,
-            local_files_only=is_local or hub_is_offline(),
-            # Always load fp32 master weights (a model may be stored in fp16 to save space);
-            # faster paths are derived from them explicitly and probe-checked.
-            model_kwargs={"dtype": torch.float32},
-        )
+        with quiet_weight_loading():
+            model = CrossEncoder(
+                key.model,
+                revision=key.revision,
+                device=key.device,
+                max_length=key.max_length,
+                trust_remote_code=key.trust_remote_code,
+                local_files_only=is_local or hub_is_offline(),
+                # Always load fp32 master weights (a model may be stored in fp16 to save space);
+                # faster paths are derived from them explicitly and probe-checked.
+                model_kwargs={"dtype": torch.float32},
+            )
     except Exception as exc:
         where = "the local directory" if is_local else "the Hugging Face Hub or its local cache"
         hint = (

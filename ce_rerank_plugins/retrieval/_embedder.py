@@ -225,10 +225,12 @@ def _load_embedder(key: EmbedderKey) -> Any:
     from sentence_transformers import SentenceTransformer
 
     from ce_rerank_plugins.core import apply_thread_policy
+    from ce_rerank_plugins.core._loading import quiet_weight_loading
 
     apply_thread_policy()
     try:
-        return SentenceTransformer(key.source, device=key.device, local_files_only=Path(key.source).is_dir())
+        with quiet_weight_loading():
+            return SentenceTransformer(key.source, device=key.device, local_files_only=Path(key.source).is_dir())
     except Exception as exc:
         msg = (
             f"could not load bi-encoder {key.source!r}: {type(exc).__name__}: {exc}. "

@@ -88,8 +88,15 @@ def _check_where(where: object) -> None:
         raise TypeError(msg)
 
 
-def _json_value(value: object, where: str) -> Any:
+#: Deepest nesting of metadata lists and dicts accepted (JSON readers and Python's recursion have limits).
+MAX_METADATA_DEPTH = 32
+
+
+def _json_value(value: object, where: str, depth: int = 0) -> Any:
     """A deep copy of ``value`` made of JSON types only (what a save/load round trip returns unchanged)."""
+    if depth > MAX_METADATA_DEPTH:
+        msg = f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep (at {where[:80]}...)"
+        raise ValueError(msg)
     if value is None or isinstance(value, (str, bool, int)):
         if isinstance(value, str):
             check_text(value, where)
@@ -100,9 +107,9 @@ def _json_value(value: object, where: str) -> Any:
             raise ValueError(msg)
         return value
     if isinstance(value, list):
-        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_json_value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return validate_metadata(value, where)
+        return validate_metadata(value, where, depth + 1)
     hint = " (convert it with float() or int())" if type(value).__module__ == "numpy" else ""
     msg = (
         f"{where} is a {type(value).__name__}, which a saved index cannot store unchanged; "
@@ -111,7 +118,7 @@ def _json_value(value: object, where: str) -> Any:
     raise TypeError(msg)
 
 
-def validate_metadata(metadata: object, where: str = "metadata") -> dict[str, Any]:
+def validate_metadata(metadata: object, where: str = "metadata", depth: int = 0) -> dict[str, Any]:
     """A deep copy of ``metadata`` if it is a dict of string keys and JSON values, else a clear error.
 
     Done at ``add`` so that a save never fails on what was accepted and a load returns it unchanged
@@ -125,7 +132,8 @@ def validate_metadata(metadata: object, where: str = "metadata") -> dict[str, An
         if not isinstance(key, str):
             msg = f"{where} has the key {key!r} ({type(key).__name__}); metadata keys must be strings"
             raise TypeError(msg)
-        out[key] = _json_value(value, f"{where}[{key!r}]")
+        check_text(key, f"{where} key {key!r:.40}")
+        out[key] = _json_value(value, f"{where}[{key!r}]", depth)
     return out
 
 

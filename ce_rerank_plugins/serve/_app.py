@@ -17,6 +17,7 @@ require("fastapi", "serve", purpose="ce_rerank_plugins.serve")
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
 from ce_rerank_plugins.core import CrossEncoderReranker  # noqa: E402
@@ -177,6 +178,11 @@ def create_app(
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return error(422, f"invalid request: {where or 'body'}: {first.get('msg', 'bad value')}")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # 404, 405, and bodies FastAPI cannot parse: the same {"error": ...} shape as every other error.
+        return error(exc.status_code, str(exc.detail))
+
     @app.exception_handler(_Unavailable)
     async def _unavailable(_: Request, exc: _Unavailable) -> JSONResponse:
         return error(503, str(exc))
@@ -202,7 +208,7 @@ def create_app(
     async def rerank(body: RerankRequest) -> Any:
         model = current()
         if body.model not in (None, model.key.model):
-            return error(422, f"this server serves {model.key.model!r}, not {body.model!r}")
+            return error(422, f"this server serves {model.key.model!r}, not {body.model!r:.100}")
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         if len(texts) > limits.max_documents:
             return error(413, f"{len(texts)} documents, more than the limit of {limits.max_documents}")

@@ -511,3 +511,9 @@ def test_index_skips_hidden_ignored_and_saved_index_folders_and_says_so(tmp_path
     assert "4 hidden" in said and "3 ignore file" in said and "1 saved index" in said
     into_itself = invoke("index", str(proj / "my-index"), "--out", str(tmp_path / "idx2"))
     assert into_itself.exit_code == 1 and "is a saved index of ce-rerank" in into_itself.stderr
+
+
+@pytest.mark.parametrize("host", ["256.1.1.1", "1.2.3", "::zz"])
+def test_serve_refuses_an_impossible_host_before_loading_anything(host):
+    result = runner.invoke(app, ["serve", "--host", host, "--model", "/nonexistent"])
+    assert result.exit_code == 2 and "is not a valid IP address or host name" in result.stderr

@@ -137,3 +137,20 @@ def test_a_bi_encoder_is_refused_as_a_cross_encoder(tmp_path):
     (bare / "modules.json").unlink()
     with pytest.raises(ModelLoadError, match="is a model with no trained classification head"):
         CrossEncoderReranker(bare).predict([("q", "p")])
+
+
+def test_loading_draws_no_progress_bar_and_leaves_the_users_setting(tmp_path, tiny_ce_path, fresh_registry, capfd):
+    import shutil
+
+    from transformers.utils import logging as hf_logging
+
+    from ce_rerank_plugins import CrossEncoderReranker
+    from ce_rerank_plugins.retrieval import Embedder
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_ce_path, copy)
+    assert hf_logging.is_progress_bar_enabled()
+    CrossEncoderReranker(copy, precision="fp32").predict([("q", "p")])
+    Embedder().encode(["a text"], show_progress=False)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled(), "the user's own loads keep their bar"

@@ -194,6 +194,8 @@ def test_a_bare_string_is_refused_where_a_list_is_expected():
         ({"f": np.float32(1.5)}, TypeError, "convert it with float\\(\\) or int\\(\\)"),
         ({"nested": {"deep": [1, {"k": float("nan")}]}}, ValueError, "\\['nested'\\]\\['deep'\\]\\[1\\]\\['k'\\]"),
         (None, TypeError, "metadatas\\[0\\] must be a dict, got NoneType"),
+        ({"bad\ud800key": 1}, ValueError, "key 'bad\\\\ud800key' is not valid Unicode text"),
+        (__import__("functools").reduce(lambda d, _: {"k": d}, range(500), {}), ValueError, "nested more than 32"),
     ],
 )
 def test_metadata_that_cannot_round_trip_is_refused_at_add(metadata, error, match):

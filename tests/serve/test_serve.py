@@ -119,6 +119,23 @@ def test_a_chunked_body_over_the_limit_is_refused_like_a_declared_one(server):
     assert with_id.status_code == 200
 
 
+def test_every_error_has_the_documented_shape(server):
+    """404, 405, unparseable bytes and deep nesting answer {"error": {"status", "message"}}, never {"detail"}."""
+    cases = [
+        httpx.get(f"{server.url}/nowhere"),
+        httpx.get(f"{server.url}/v1/rerank"),
+        httpx.post(f"{server.url}/v1/rerank", content=b"\xff\xfe{", headers={"content-type": "application/json"}),
+        httpx.post(f"{server.url}/v1/rerank", content=b"[" * 5000, headers={"content-type": "application/json"}),
+        httpx.post(f"{server.url}/v1/rerank", json={"query": "q", "documents": ["a"], "model": "m" * 100_000}),
+    ]
+    for response in cases:
+        body = response.json()
+        assert 400 <= response.status_code < 500 and set(body) == {"error"}, (response.status_code, body)
+        assert body["error"]["status"] == response.status_code and body["error"]["message"]
+        assert len(response.content) < 2000, "a client's long string is not echoed back"
+    assert [r.status_code for r in cases[:2]] == [404, 405]
+
+
 def test_health_and_models(server, reranker):
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
     assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"] == reranker.key.model
