@@ -90,11 +90,11 @@ def quiet_weight_loading() -> Iterator[None]:
     if not enabled or hf_logging.get_verbosity() <= logging.INFO:
         yield
         return
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
-        hf_logging.enable_progress_bar()
+        hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def load_cross_encoder(key: ModelKey) -> Any:

@@ -17,8 +17,8 @@ require("fastapi", "serve", purpose="ce_rerank_plugins.serve")
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
-from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from ce_rerank_plugins.core import CrossEncoderReranker  # noqa: E402
 
