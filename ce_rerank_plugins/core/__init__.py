@@ -20,6 +20,7 @@ from ce_rerank_plugins.core._loading import (
     ModelKey,
     bundled_model_dir,
     default_model,
+    quiet_weight_loading,
     untrained_cross_encoder,
 )
 from ce_rerank_plugins.core._onnx_engine import OnnxTextEncoder, onnx_fast_start_ready
@@ -67,6 +68,7 @@ __all__ = [
     "device_has_native_bf16",
     "fuse_scores",
     "onnx_fast_start_ready",
+    "quiet_weight_loading",
     "resolve_device",
     "select_results",
     "set_threads",

@@ -19,7 +19,7 @@ from ce_rerank_plugins.core._cache import CacheInfo, ScoreCache
 from ce_rerank_plugins.core._engine import DEFAULT_MIN_PROBE_SPEARMAN, ScoringEngine, build_engine
 from ce_rerank_plugins.core._fusion import Fusion, applied_fusion, check_first_stage, check_fusion, fuse_scores
 from ce_rerank_plugins.core._hardware import device_has_native_bf16, resolve_device
-from ce_rerank_plugins.core._loading import ModelKey, normalize_model_name, recommended_fusion
+from ce_rerank_plugins.core._loading import ModelKey, default_model, normalize_model_name, recommended_fusion
 from ce_rerank_plugins.core._onnx import ONNX_PRECISIONS
 from ce_rerank_plugins.core._onnx_engine import OnnxPairEngine
 from ce_rerank_plugins.core._registry import ModelRegistry
@@ -210,7 +210,8 @@ class CrossEncoderReranker:
     other settings. Calls are thread-safe; concurrent calls are micro-batched together.
 
     Args:
-        model: A local model directory or a Hugging Face Hub id.
+        model: A local model directory or a Hugging Face Hub id; None: :func:`default_model`
+            (``$CE_RERANK_MODEL``, the Hub default when reachable, else the model bundled in the package).
         device: ``"auto"`` (cuda, then mps, then cpu) or a torch device string.
         precision: ``"fp32"``, ``"bf16"``, ``"onnx"`` / ``"onnx-int8"`` (ONNX Runtime on CPU, exported
             and quantised locally, needs the ``onnx`` extra), or ``"auto"`` (bf16 where the hardware
@@ -245,7 +246,7 @@ class CrossEncoderReranker:
 
     def __init__(
         self,
-        model: str | os.PathLike[str],
+        model: str | os.PathLike[str] | None = None,
         *,
         device: str = "auto",
         precision: Precision = "auto",
@@ -293,6 +294,8 @@ class CrossEncoderReranker:
                 "precision='bf16' on a CPU without AMX or AVX512-BF16: it will likely be slower than fp32 "
                 "(emulated bf16 measured 0.30x). Use precision='auto' (fp32 here) or 'fp32'."
             )
+        if model is None:
+            model = default_model()
         self.key = ModelKey(
             model=normalize_model_name(model),
             revision=revision,

@@ -224,8 +224,7 @@ def _load(key: EmbedderKey) -> _Loaded:
 def _load_embedder(key: EmbedderKey) -> Any:
     from sentence_transformers import SentenceTransformer
 
-    from ce_rerank_plugins.core import apply_thread_policy
-    from ce_rerank_plugins.core._loading import quiet_weight_loading
+    from ce_rerank_plugins.core import apply_thread_policy, quiet_weight_loading
 
     apply_thread_policy()
     try:

@@ -1,4 +1,4 @@
-"""Training cross-encoders: pairs, hard-negative mining, and a thin wrapper over the ST trainer."""
+"""Training cross-encoders: the default model's listwise recipe, pairs, hard-negative mining, the ST trainer."""
 
 from __future__ import annotations
 
@@ -13,20 +13,34 @@ from ce_rerank_plugins.training.pairs import (
     reranking_samples,
     write_pairs,
 )
+from ce_rerank_plugins.training.recipe import (
+    GroupSettings,
+    ListwiseConfig,
+    ListwiseResult,
+    decide_fusion,
+    prepare_groups,
+    train_listwise,
+)
 from ce_rerank_plugins.training.trainer import TrainingConfig, TrainingResult, config_to_dict, train_cross_encoder
 
 __all__ = [
     "CLIMATE_FEVER_LABELS",
+    "GroupSettings",
     "LabeledPair",
+    "ListwiseConfig",
+    "ListwiseResult",
     "TrainingConfig",
     "TrainingResult",
     "beir_training_pairs",
     "climate_fever_pairs",
     "config_to_dict",
+    "decide_fusion",
     "inverse_cloze_pairs",
     "mine_hard_negatives",
+    "prepare_groups",
     "read_pairs",
     "reranking_samples",
     "train_cross_encoder",
+    "train_listwise",
     "write_pairs",
 ]

@@ -289,7 +289,7 @@ def _first_stage(
     if not queries:
         return []
     if mining == "bm25":
-        from ce_rerank_plugins.retrieval._lexical import LexicalIndex
+        from ce_rerank_plugins.retrieval import LexicalIndex
 
         index = LexicalIndex()
         index.set_tokens(range(len(doc_texts)), index.tokenize(doc_texts))

