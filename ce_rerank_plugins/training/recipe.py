@@ -390,6 +390,8 @@ def save_cross_encoder(model: Any, tokenizer: Any, folder: Path, fusion: tuple[s
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["dtype"] = "float32"
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    for file in tmp.iterdir():  # readable like any model folder (the writer may have used a private mode)
+        file.chmod(0o644)
     if fusion is not None:
         (tmp / "ce_rerank.json").write_text(
             json.dumps({"fusion": fusion[0], "fusion_weight": fusion[1]}) + "\n", encoding="utf-8"

@@ -160,6 +160,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(two_sets, tmp_path, tiny
     assert recommended["fusion"] in ("none", "weighted")
     assert json.loads((model_dir / "config.json").read_text())["dtype"] == "float32"
     assert {str(v.dtype) for v in weights(model_dir).values()} == {"float16"}
+    assert all(f.stat().st_mode & 0o444 == 0o444 for f in model_dir.iterdir()), "readable by every user"
     reranker = CrossEncoderReranker(model_dir, precision="fp32")
     assert reranker.fusion == recommended["fusion"]
     assert len(reranker.rank("What is Lyon known for?", ["Lyon silk", "Porto wine"])) == 2
