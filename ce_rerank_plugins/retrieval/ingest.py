@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ce_rerank_plugins._validation import check_text
 from ce_rerank_plugins.context.assembly import POSITION_KEY, SOURCE_KEY
 
 logger = logging.getLogger(__name__)
@@ -161,11 +162,11 @@ def collect_files(paths: Sequence[Path], *, exclude: Sequence[Path] = ()) -> Ing
                 raise ValueError(msg)
             for p in _walk(path, excluded, ignored):
                 if p.suffix in SUPPORTED_SUFFIXES:
-                    files.append((p, p.relative_to(path).as_posix()))
+                    files.append((p, _printable_name(p.relative_to(path).as_posix())))
                 else:
                     skipped[p.suffix or "(no suffix)"] = skipped.get(p.suffix or "(no suffix)", 0) + 1
         elif path.suffix in SUPPORTED_SUFFIXES:
-            files.append((path, path.name))
+            files.append((path, _printable_name(path.name)))
         else:
             msg = f"{path}: unsupported file type {path.suffix!r} (use {', '.join(SUPPORTED_SUFFIXES)})"
             raise ValueError(msg)
@@ -178,6 +179,21 @@ def collect_files(paths: Sequence[Path], *, exclude: Sequence[Path] = ()) -> Ing
         )
         raise ValueError(msg)
     return IngestedFiles(files, skipped, ignored)
+
+
+def _printable_name(name: str) -> str:
+    """``name`` as valid Unicode: bytes that are not UTF-8 (a Latin-1 file name) become U+FFFD.
+
+    Python keeps such bytes as lone surrogates, which no JSON file, tokenizer or terminal accepts; the
+    file is still read, under the repaired name, and the repair is logged.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        repaired = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        logger.warning("the file name %r is not UTF-8; its source is recorded as %r", name, repaired)
+        return repaired
+    return name
 
 
 def _read_jsonl(file: Path, source: str) -> list[SourceRecord]:
@@ -196,6 +212,8 @@ def _read_jsonl(file: Path, source: str) -> list[SourceRecord]:
                 raise ValueError(msg)
             doc_id = str(row.get("id", row.get("_id", f"{source}:{line_no}")))
             text = f"{row['title']} {row['text']}".strip() if row.get("title") else row["text"]
+            check_text(text, f"{file}:{line_no}: the record's text")
+            check_text(doc_id, f"{file}:{line_no}: the record's id")
             position = row.get(POSITION_KEY, row.get("position", line_no))
             meta = {k: v for k, v in row.items() if k not in {"id", "_id", "text", "title", POSITION_KEY, "position"}}
             record_source = meta.pop(SOURCE_KEY, None)

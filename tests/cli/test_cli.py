@@ -517,3 +517,22 @@ def test_index_skips_hidden_ignored_and_saved_index_folders_and_says_so(tmp_path
 def test_serve_refuses_an_impossible_host_before_loading_anything(host):
     result = runner.invoke(app, ["serve", "--host", host, "--model", "/nonexistent"])
     assert result.exit_code == 2 and "is not a valid IP address or host name" in result.stderr
+
+
+def test_a_latin1_file_name_is_read_under_a_repaired_name_and_a_bad_record_names_its_line(tmp_path):
+    import os
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "ok.md").write_text("Lyon counted roughly 522,000 residents.\n")
+    latin1 = os.path.join(os.fsencode(docs), b"caf\xe9.md")  # a name that is not UTF-8
+    with open(latin1, "wb") as fh:
+        fh.write(b"Coffee brews best just off the boil.\n")
+    made = invoke("index", str(docs), "--out", str(tmp_path / "ix"))
+    assert made.exit_code == 0, made.output
+    assert {d["metadata"]["source"] for d in _documents(tmp_path / "ix")} == {"ok.md", "caf\ufffd.md"}
+    records = tmp_path / "records.jsonl"
+    records.write_text('{"text": "fine"}\n{"text": "bad \\ud800 text"}\n')
+    bad = invoke("index", str(records), "--out", str(tmp_path / "ix2"))
+    assert bad.exit_code == 1
+    assert f"{records}:2: the record's text is not valid Unicode" in bad.stderr.replace("\n", "")
