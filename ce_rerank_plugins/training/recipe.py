@@ -178,8 +178,15 @@ def prepare_groups(
     if settings.mining not in ("bm25", "dense"):
         msg = f"mining must be 'bm25' or 'dense', got {settings.mining!r}"
         raise ValueError(msg)
+    for name in ("negatives", "depth", "val_depth", "max_holdout"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            msg = f"{name} must be a positive integer, got {value!r}"
+            raise ValueError(msg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # The manifest goes first and comes back last: files of two builds are never taken for one.
+    (out / DATA_MANIFEST).unlink(missing_ok=True)
     rng = random.Random(settings.seed)
     texts: dict[str, str] = {}
     groups: list[dict[str, Any]] = []
@@ -442,8 +449,16 @@ def train_listwise(
 
     from ce_rerank_plugins.core import resolve_device
 
+    for name in ("max_steps", "groups_per_step", "max_length", "eval_steps", "checkpoint_steps"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            msg = f"{name} must be a positive integer, got {value!r}"
+            raise ValueError(msg)
+    if not config.learning_rate > 0 or not config.distill_weight >= 0 or not config.tau > 0:
+        msg = "learning_rate and tau must be > 0 and distill_weight >= 0 (NaN is neither)"
+        raise ValueError(msg)
     data, out = Path(data_dir), Path(out_dir)
-    for name in (GROUPS_FILE, VALIDATION_FILE, TEXTS_FILE):
+    for name in (GROUPS_FILE, VALIDATION_FILE, TEXTS_FILE, DATA_MANIFEST):
         if not (data / name).is_file():
             msg = f"{str(data / name)!r} is missing: build the groups first (prepare_groups / ce-rerank train --data)"
             raise FileNotFoundError(msg)
@@ -571,9 +586,7 @@ def train_listwise(
         save_checkpoint()
     record = {
         "config": asdict(config),
-        "data": json.loads((data / DATA_MANIFEST).read_text(encoding="utf-8"))
-        if (data / DATA_MANIFEST).is_file()
-        else None,
+        "data": json.loads((data / DATA_MANIFEST).read_text(encoding="utf-8")),
         "device": device,
         "steps": state["step"],
         "best_step": state["best_step"],

@@ -106,6 +106,34 @@ def test_bad_group_settings_are_named(two_sets, tmp_path, change, match):
         prepare_groups([], tmp_path / "g")
 
 
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"groups_per_step": 0}, "groups_per_step must be a positive integer, got 0"),
+        ({"eval_steps": 0}, "eval_steps must be a positive integer"),
+        ({"max_steps": 2.5}, "max_steps must be a positive integer"),
+        ({"learning_rate": float("nan")}, "NaN is neither"),
+    ],
+)
+def test_bad_training_options_are_named_before_anything_loads(two_sets, tmp_path, change, match):
+    prepare_groups(two_sets[:1], tmp_path / "groups", settings=SETTINGS)
+    config = ListwiseConfig(base_model="/nonexistent", **change)
+    with pytest.raises(ValueError, match=match):
+        train_listwise(tmp_path / "groups", tmp_path / "run", config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unfinished_group_build_is_never_reused(two_sets, tmp_path):
+    """The manifest is removed first and written last, so a build cut short is not taken for a finished one."""
+    prepare_groups(two_sets[:1], tmp_path / "groups", settings=SETTINGS)
+    assert (tmp_path / "groups" / "data.json").is_file()
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # the second set fails mid-build
+        prepare_groups([two_sets[0], tmp_path / "missing"], tmp_path / "groups", settings=SETTINGS)
+    assert not (tmp_path / "groups" / "data.json").exists()
+    with pytest.raises(FileNotFoundError, match="data.json"):
+        train_listwise(tmp_path / "groups", tmp_path / "run", ListwiseConfig(base_model="/nonexistent"))
+
+
 def test_decide_fusion_prefers_the_cross_encoder_alone_unless_fusion_clearly_wins():
     metrics = {"mean/ce/ndcg@10": 0.70} | {f"mean/fused{w:g}/ndcg@10": 0.701 for w in FUSION_GRID[:-1]}
     assert decide_fusion(metrics) == ("none", 1.0)
