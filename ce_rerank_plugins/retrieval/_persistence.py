@@ -139,6 +139,13 @@ def serialize_index(index: FaissIndex) -> dict[str, bytes]:
     return blobs
 
 
+def is_saved_index(directory: Path) -> bool:
+    """Whether ``directory`` holds a saved index: ``CURRENT`` beside generations, or a version-1 layout."""
+    if (directory / CURRENT_FILE).is_file() and _generations(directory):
+        return True
+    return (directory / MANIFEST_FILE).is_file() and (directory / DOCUMENTS_FILE).is_file()
+
+
 def _is_v1_manifest(path: Path) -> bool:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

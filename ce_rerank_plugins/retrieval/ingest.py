@@ -29,6 +29,7 @@ from typing import Any
 
 from ce_rerank_plugins._validation import check_text
 from ce_rerank_plugins.context.assembly import POSITION_KEY, SOURCE_KEY
+from ce_rerank_plugins.retrieval._persistence import is_saved_index
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +70,6 @@ class IngestedFiles:
 
 
 IGNORE_FILES = (".gitignore", ".ignore")
-
-
-def _is_saved_index(folder: Path) -> bool:
-    from ce_rerank_plugins.retrieval._persistence import CURRENT_FILE, DOCUMENTS_FILE, MANIFEST_FILE
-
-    if (folder / CURRENT_FILE).is_file() and any(folder.glob("gen-*")):
-        return True
-    return (folder / MANIFEST_FILE).is_file() and (folder / DOCUMENTS_FILE).is_file()
 
 
 def _ignore_spec(folder: Path) -> Any:
@@ -124,7 +117,7 @@ def _walk(root: Path, excluded: Sequence[Path], ignored: dict[str, int]) -> list
                 skip("ignore file")
                 continue
             if is_dir:
-                if _is_saved_index(entry):
+                if is_saved_index(entry):
                     skip("saved index")
                 else:
                     visit(entry, specs)
@@ -157,7 +150,7 @@ def collect_files(paths: Sequence[Path], *, exclude: Sequence[Path] = ()) -> Ing
             msg = f"no such file or folder: {path}"
             raise FileNotFoundError(msg)
         if path.is_dir():
-            if _is_saved_index(path):
+            if is_saved_index(path):
                 msg = f"{path} is a saved index of ce-rerank, not a folder of documents"
                 raise ValueError(msg)
             for p in _walk(path, excluded, ignored):

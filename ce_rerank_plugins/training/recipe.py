@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ce_rerank_plugins.core import fuse_scores
 from ce_rerank_plugins.evaluation.beir import document_text, load_beir
 
 logger = logging.getLogger(__name__)
@@ -323,11 +324,6 @@ def _first_stage(
     return out
 
 
-def _minmax(x: np.ndarray) -> np.ndarray:
-    span = float(x.max() - x.min())
-    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
-
-
 def _ndcg_mrr(order: np.ndarray, keys: list[str], relevant: dict[str, int]) -> tuple[float, float]:
     ranked = [keys[i] for i in order[:10]]
     dcg = sum((2 ** relevant.get(k, 0) - 1) / math.log2(r + 2) for r, k in enumerate(ranked))
@@ -349,7 +345,7 @@ def validation_metrics(val: Sequence[dict[str, Any]], scores: Sequence[np.ndarra
         ce = np.asarray(ce, dtype=np.float64)
         variants = {"first": first, "ce": ce}
         for w in FUSION_GRID[:-1]:
-            variants[f"fused{w:g}"] = w * _minmax(ce) + (1 - w) * _minmax(first)
+            variants[f"fused{w:g}"] = fuse_scores(ce, first, fusion="weighted", weight=w)
         for label, s in variants.items():
             ndcg, rr = _ndcg_mrr(np.argsort(-s, kind="stable"), entry["docs"], entry["relevant"])
             rows.setdefault(f"{entry['set']}/{label}/ndcg@10", []).append(ndcg)
@@ -371,7 +367,7 @@ def decide_fusion(metrics: dict[str, float], tolerance: float = 0.002) -> tuple[
     best_w, best = 1.0, metrics["mean/ce/ndcg@10"]
     for w in FUSION_GRID[:-1]:
         value = metrics[f"mean/fused{w:g}/ndcg@10"]
-        if value > best + tolerance and value > metrics["mean/ce/ndcg@10"] + tolerance:
+        if value > best + tolerance:  # best never falls below the cross-encoder alone
             best_w, best = w, value
     return ("none", 1.0) if best_w == 1.0 else ("weighted", best_w)
 
