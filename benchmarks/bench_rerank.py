@@ -200,7 +200,7 @@ def main() -> None:
         ("onnx", "onnx", 16),
         ("onnx-int8", "onnx-int8", 16),
         ("onnx-int8 raw", "onnx-int8", 16),
-        ("auto (default)", "auto", 16),
+        ("auto (default)", "auto", None),
     )
     for name, precision, batch in paths:
         reranker = CrossEncoderReranker(model_path, device="cpu", precision=precision, batch_size=batch)  # type: ignore[arg-type]
@@ -218,7 +218,8 @@ def main() -> None:
             reference = scores
         rhos, overlap = rank_agreement(reference, scores)
         rows[name] = {
-            "path": f"CrossEncoderReranker(precision={precision!r}) -> {used}, batch {batch}",
+            "path": f"CrossEncoderReranker(precision={precision!r}) -> {used}, batch {reranker.batch_size}",
+            "precision_reason": reranker.precision_reason,
             "precision_in_use": used,
             "fallback_reason": None if name.endswith(" raw") else reranker.engine.fallback_reason,
             "seconds_per_query": median,

@@ -18,6 +18,7 @@ from ce_rerank_plugins.core import (
 from ce_rerank_plugins.errors import CERerankError, IndexFormatError, ModelLoadError, ScoringError
 
 __version__ = "0.1.0"
+"""The package version."""
 
 __all__ = [
     "SHARED_MODELS",

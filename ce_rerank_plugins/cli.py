@@ -579,6 +579,11 @@ def query(
             "timings_ms": {"retrieval": result.retrieval_seconds * 1000, "rerank": result.rerank_seconds * 1000},
             # What actually ran (after any probe fallback): e.g. "onnx" for both on the torch-free start.
             "inference": {"cross_encoder": reranker.precision, "bi_encoder": loaded.embedder.runtime},
+            "precision_reason": (
+                "auto: a verified ONNX export is cached, so this one-shot query starts without torch"
+                if precision == "auto" and ce_precision == "onnx"
+                else reranker.precision_reason
+            ),
         }
         if ctx is not None:
             payload["context"] = ctx.text

@@ -10,6 +10,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# precision="auto" times each model once per machine; the suite builds hundreds of throwaway models, so it
+# takes the rule instead, except where the measurement itself is tested (core/test_auto_precision.py).
+os.environ.setdefault("CE_RERANK_PRECISION", "rule")
 
 import json
 from importlib.resources import files
@@ -17,7 +20,6 @@ from importlib.resources import files
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def build_tiny_cross_encoder(out_dir: Path, *, num_labels: int = 1, seed: int = 0) -> Path:
@@ -68,10 +70,13 @@ def tiny_nli_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fresh_registry():
     """Empty the process-wide model registry around a test that counts loads."""
     from ce_rerank_plugins import SHARED_MODELS
+    from ce_rerank_plugins.core import reranker
 
     SHARED_MODELS.clear()
+    reranker._auto_choices.clear()
     yield SHARED_MODELS
     SHARED_MODELS.clear()
+    reranker._auto_choices.clear()
 
 
 @pytest.fixture(scope="session")

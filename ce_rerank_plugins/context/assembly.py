@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 TokenCounter = Callable[[str], int]
+"""Counts a text's tokens; pass your LLM's tokenizer for an exact budget."""
 Ordering = Literal["relevance", "edges"]
+"""Context order: ``relevance`` (best first) or ``edges`` (best at both ends)."""
 
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
@@ -50,7 +52,9 @@ class ContextChunk:
 #: ``chunk_index`` (its citation position within that source); the pipeline and both adapters read
 #: them back through :func:`chunk_from_metadata` only.
 SOURCE_KEY = "source"
+"""Metadata key of a chunk's source (a file path relative to the indexed folder, or a record's own source)."""
 POSITION_KEY = "chunk_index"
+"""Metadata key of a chunk's position within its source, used in its citation."""
 #: Written by ce-rerank-plugins 0.1's ``ce-rerank index``; still read, never written.
 _LEGACY_POSITION_KEY = "position"
 

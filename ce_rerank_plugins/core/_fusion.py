@@ -27,6 +27,7 @@ F64 = np.ndarray[Any, np.dtype[np.float64]]
 __all__ = ["FUSIONS", "Fusion", "applied_fusion", "check_fusion", "fuse_scores"]
 
 Fusion = Literal["none", "weighted", "rrf"]
+"""How the cross-encoder's score meets the first stage's: ``none``, ``weighted`` (min-max, weighted sum), ``rrf``."""
 FUSIONS = ("none", "weighted", "rrf")
 RRF_K = 60
 

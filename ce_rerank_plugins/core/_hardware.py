@@ -14,9 +14,10 @@ logger = logging.getLogger(__name__)
 
 _BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
-#: Environment variable for torch's intra-op threads: a count, ``auto`` (the default) or ``torch``.
 THREADS_ENV_VAR = "CE_RERANK_THREADS"
+"""Environment variable for torch's CPU threads: a number, ``auto`` (half the CPUs) or ``torch`` (leave it alone)."""
 Threads = int | Literal["auto", "torch"]
+"""A thread setting: a positive count, ``auto`` or ``torch``."""
 _threads_lock = threading.Lock()
 _threads_decided = False
 _threads_count: int | None = None

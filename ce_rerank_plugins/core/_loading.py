@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable naming a local cross-encoder to use when none is given.
 MODEL_ENV_VAR = "CE_RERANK_MODEL"
-#: The cross-encoder used when the Hugging Face Hub is reachable and nothing else is configured.
+"""Environment variable naming the default cross-encoder (a path or a Hub id)."""
 HUB_DEFAULT_MODEL = "cross-encoder/ms-marco-MiniLM-L6-v2"
+"""The cross-encoder used when the Hugging Face Hub is reachable and nothing else is configured."""
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,11 @@ import numpy.typing as npt
 from ce_rerank_plugins.errors import ScoringError
 
 ScoreMode = Literal["auto", "logits", "sigmoid", "softmax"]
+"""How raw logits become scores: ``auto`` (the model's own activation), ``logits``, ``sigmoid`` or ``softmax``."""
 _MODES = frozenset(get_args(ScoreMode))
 
 FloatArray = npt.NDArray[np.float32]
+"""A float32 numpy array of scores."""
 
 
 def validate_score_mode(mode: str) -> ScoreMode:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import functools
 import logging
 import math
 import os
+import threading
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from ce_rerank_plugins._validation import check_text
+from ce_rerank_plugins.core._auto_precision import DEFAULT_BATCH_SIZE, PrecisionChoice, choose_precision
 from ce_rerank_plugins.core._cache import CacheInfo, ScoreCache
 from ce_rerank_plugins.core._engine import DEFAULT_MIN_PROBE_SPEARMAN, ScoringEngine, build_engine
 from ce_rerank_plugins.core._fusion import Fusion, applied_fusion, check_first_stage, check_fusion, fuse_scores
@@ -35,10 +40,55 @@ from ce_rerank_plugins.core._scores import (
 logger = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16", "onnx", "onnx-int8"]
+"""Inference path: ``auto``, ``fp32``, ``bf16`` (encoder bf16, head fp32), ``onnx`` or ``onnx-int8``.
+
+Every path but ``fp32`` is probe-checked against fp32 when it loads."""
 _PRECISIONS = ("auto", "fp32", "bf16", "onnx", "onnx-int8")
 
-#: The one registry of this process: every reranker with the same ModelKey shares one engine.
 SHARED_MODELS: ModelRegistry[ModelKey, ScoringEngine | OnnxPairEngine] = ModelRegistry()
+"""The one registry of this process: every reranker with the same ModelKey shares one engine."""
+
+# What ``precision="auto"`` resolved to in this process, per model key: reading the measurement record
+# again for every reranker would hash the model's files each time.
+_auto_choices: dict[ModelKey, PrecisionChoice] = {}
+
+
+def _choose_precision(key: ModelKey, build: Callable[[ModelKey], Any]) -> PrecisionChoice:
+    known = _auto_choices.get(key)
+    if known is not None:
+        return known
+    choice = choose_precision(key, build)
+    _auto_choices[key] = dataclasses.replace(choice, engine=None)
+    return choice
+
+
+T = TypeVar("T")
+
+# Set, in the worker thread's context, once the async caller that started the work was cancelled.
+_caller_gone: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "ce_rerank_caller_gone", default=None
+)
+# How many batches an async call scores between two looks at whether its caller is still there.
+_BATCHES_PER_STEP = 4
+
+
+class _CallerGone(BaseException):  # not an Exception: nothing may catch and swallow it on the way out
+    """Raised in the worker thread to stop work whose async caller was cancelled."""
+
+
+async def _off_the_loop(work: Callable[[], T]) -> T:
+    """Run ``work`` on the bounded executor; cancelling the awaiting task stops the work at its next step."""
+    cancelled = threading.Event()
+    context = contextvars.copy_context()
+    context.run(_caller_gone.set, cancelled)
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(_ASYNC_EXECUTOR, functools.partial(context.run, work))
+    try:
+        return await future
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+
 
 # Async calls run the blocking work here; bounded so a burst of coroutines cannot spawn unbounded threads.
 _ASYNC_EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ce-rerank-async")
@@ -214,12 +264,15 @@ class CrossEncoderReranker:
             (``$CE_RERANK_MODEL``, the Hub default when reachable, else the model bundled in the package).
         device: ``"auto"`` (cuda, then mps, then cpu) or a torch device string.
         precision: ``"fp32"``, ``"bf16"``, ``"onnx"`` / ``"onnx-int8"`` (ONNX Runtime on CPU, exported
-            and quantised locally, needs the ``onnx`` extra), or ``"auto"`` (bf16 where the hardware
-            computes it natively, else fp32). Every path but fp32 is kept only if it ranks a probe set
-            like fp32; otherwise fp32 is used and the reason logged. Once a local model's ``"onnx"``
-            export has passed the probe, later processes load it without importing torch (fast start).
+            and quantised locally, needs the ``onnx`` extra), or ``"auto"``: on a CPU, the first use of
+            a model on a machine times every path that passes the probe at a few batch sizes and
+            records the fastest in the user cache (later processes read it); elsewhere, or with
+            ``$CE_RERANK_PRECISION=rule``, bf16 where the hardware computes it natively, else fp32.
+            ``$CE_RERANK_PRECISION`` may also name a path. Every path but fp32 is kept only if it ranks a
+            probe set like fp32; otherwise fp32 is used and the reason logged. ``precision_reason``
+            says why the path in use was chosen.
         max_length: Token budget of a (query, passage) pair; the passage is truncated, never the query.
-        batch_size: Pairs per forward pass (16 measured fastest on 2-core CPUs, see the README).
+        batch_size: Pairs per forward pass; None: the measured one under ``precision="auto"``, else 16.
         score_mode: ``"auto"`` (the model's own activation), ``"logits"``, ``"sigmoid"`` or ``"softmax"``.
         score_threshold: Drop ranked results scoring below this, stated in ``score_mode``'s space.
         min_keep: Keep at least this many results even when they fall below ``score_threshold``.
@@ -251,7 +304,7 @@ class CrossEncoderReranker:
         device: str = "auto",
         precision: Precision = "auto",
         max_length: int | None = None,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         score_mode: ScoreMode = "auto",
         score_threshold: float | None = None,
         min_keep: int = 0,
@@ -269,8 +322,10 @@ class CrossEncoderReranker:
         if precision not in _PRECISIONS:
             msg = f"precision must be one of {list(_PRECISIONS)}, got {precision!r}"
             raise ValueError(msg)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            msg = f"batch_size must be a positive integer, got {batch_size!r}"
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            msg = f"batch_size must be a positive integer or None, got {batch_size!r}"
             raise ValueError(msg)
         if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
             msg = f"max_length must be an integer >= 8 or None, got {max_length!r}"
@@ -286,17 +341,16 @@ class CrossEncoderReranker:
         if precision in ONNX_PRECISIONS and resolved_device != "cpu":
             msg = f"precision {precision!r} runs on CPU only (ONNX Runtime), not on {resolved_device!r}"
             raise ValueError(msg)
-        if precision == "auto":
-            precision = "bf16" if device_has_native_bf16(resolved_device) else "fp32"
-        elif precision == "bf16" and resolved_device == "cpu" and not device_has_native_bf16("cpu"):
+        if precision == "bf16" and resolved_device == "cpu" and not device_has_native_bf16("cpu"):
             # Correct (probe-checked) but slow: emulated bf16 ran at 0.30x fp32 on such a CPU.
             logger.warning(
                 "precision='bf16' on a CPU without AMX or AVX512-BF16: it will likely be slower than fp32 "
-                "(emulated bf16 measured 0.30x). Use precision='auto' (fp32 here) or 'fp32'."
+                "(emulated bf16 measured 0.30x). Use precision='auto' or 'fp32'."
             )
         if model is None:
             model = default_model()
-        self.key = ModelKey(
+        build = functools.partial(build_engine, min_probe_spearman=min_probe_spearman)
+        key = ModelKey(
             model=normalize_model_name(model),
             revision=revision,
             device=resolved_device,
@@ -304,10 +358,21 @@ class CrossEncoderReranker:
             max_length=max_length,
             trust_remote_code=trust_remote_code,
         )
+        measured: ScoringEngine | OnnxPairEngine | None = None
+        if precision == "auto":
+            choice = _choose_precision(key, build)
+            key = dataclasses.replace(key, precision=choice.precision)
+            measured = choice.engine
+            batch_size = choice.batch_size if batch_size is None else batch_size
+            reason = choice.reason
+        else:
+            reason = f"precision={precision!r} was asked for"
+        self.key = key
         self.engine: ScoringEngine | OnnxPairEngine = SHARED_MODELS.get_or_load(
-            self.key, functools.partial(build_engine, min_probe_spearman=min_probe_spearman)
+            key, build if measured is None else lambda _key: measured
         )
-        self.batch_size = batch_size
+        self.precision_reason: str = reason if self.engine.fallback_reason is None else self.engine.fallback_reason
+        self.batch_size: int = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
         self.score_mode: ScoreMode = resolve_score_mode(
             score_mode, num_labels=self.engine.num_labels, model_activation=self.engine.activation_name
         )
@@ -449,11 +514,12 @@ class CrossEncoderReranker:
         ]
 
     async def apredict(self, pairs: Sequence[tuple[str, str]], *, score_mode: ScoreMode | None = None) -> FloatArray:
-        """Async ``predict``: runs off the event loop, so many can be gathered at once."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            _ASYNC_EXECUTOR, functools.partial(self.predict, pairs, score_mode=score_mode)
-        )
+        """Async ``predict``: runs off the event loop, so many can be gathered at once.
+
+        Cancelling the awaiting task stops the work too: what is not scored yet is dropped (the batch
+        in progress, at most a few, still finishes).
+        """
+        return await _off_the_loop(functools.partial(self.predict, pairs, score_mode=score_mode))
 
     async def arank(
         self,
@@ -462,11 +528,8 @@ class CrossEncoderReranker:
         top_n: int | None = None,
         **kwargs: Any,
     ) -> list[RankedResult]:
-        """Async ``rank``: runs off the event loop, so many can be gathered at once."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            _ASYNC_EXECUTOR, functools.partial(self.rank, query, documents, top_n, **kwargs)
-        )
+        """Async ``rank``: runs off the event loop, so many can be gathered at once; cancelling stops it."""
+        return await _off_the_loop(functools.partial(self.rank, query, documents, top_n, **kwargs))
 
     # -- internals ----------------------------------------------------------------------------
     def _mode(self, score_mode: ScoreMode | None) -> ScoreMode:
@@ -574,9 +637,30 @@ class CrossEncoderReranker:
         return best
 
     def _run(self, pairs: list[tuple[str, str]]) -> FloatArray:
-        if self.micro_batching:
-            return self.engine.batcher.submit(pairs, self.batch_size).result()
-        return self.engine.score_logits(pairs, self.batch_size)
+        cancelled = _caller_gone.get()
+        if cancelled is None:  # a plain call: one request, nothing can abandon it
+            if self.micro_batching:
+                return self.engine.batcher.submit(pairs, self.batch_size).result()
+            return self.engine.score_logits(pairs, self.batch_size)
+        # An async caller may be cancelled: score in steps, and stop at the first step after it is.
+        step = self.batch_size * _BATCHES_PER_STEP
+        parts = []
+        for start in range(0, len(pairs), step):
+            chunk = pairs[start : start + step]
+            if cancelled.is_set():
+                raise _CallerGone
+            if not self.micro_batching:
+                parts.append(self.engine.score_logits(chunk, self.batch_size))
+                continue
+            future = self.engine.batcher.submit(chunk, self.batch_size)
+            while True:
+                try:
+                    parts.append(future.result(timeout=0.05))
+                    break
+                except FutureTimeout:
+                    if cancelled.is_set() and future.cancel():  # still queued: it never runs
+                        raise _CallerGone from None
+        return np.concatenate(parts) if parts else np.zeros((0, self.num_labels), dtype=np.float32)
 
     def __repr__(self) -> str:
         return (

@@ -11,7 +11,7 @@ def build_reranker(
     device: str,
     precision: Precision,
     max_length: int | None,
-    batch_size: int,
+    batch_size: int | None,
     score_mode: ScoreMode,
     trust_remote_code: bool,
 ) -> CrossEncoderReranker:

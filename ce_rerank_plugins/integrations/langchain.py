@@ -75,7 +75,9 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
         default="auto", description="auto | fp32 | bf16 | onnx | onnx-int8 (probe-checked vs fp32)."
     )
     max_length: int | None = Field(default=None, description="Token budget of a (query, passage) pair.")
-    batch_size: int = Field(default=16, description="Pairs per forward pass.")
+    batch_size: int | None = Field(
+        default=None, description="Pairs per forward pass (None: measured with precision auto, else 16)."
+    )
     trust_remote_code: bool = Field(default=False, description="Allow custom model code (off by default).")
     score_key: str = Field(default="relevance_score", description="Metadata key for the rerank score.")
     rank_key: str = Field(default="rerank_rank", description="Metadata key for the 1-based rerank position.")

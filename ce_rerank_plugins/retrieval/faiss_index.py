@@ -27,9 +27,12 @@ from ce_rerank_plugins.retrieval._lexical import LexicalIndex
 logger = logging.getLogger(__name__)
 
 IndexType = Literal["flat", "hnsw", "ivf"]
+"""FAISS structure: ``flat`` (exact), ``hnsw`` (graph) or ``ivf`` (inverted lists)."""
 _INDEX_TYPES = ("flat", "hnsw", "ivf")
 RetrievalMode = Literal["dense", "bm25", "hybrid"]
+"""First stage of a search: ``dense`` (cosine), ``bm25`` or ``hybrid`` (both, fused)."""
 RETRIEVAL_MODES = ("dense", "bm25", "hybrid")
+"""Every ``RetrievalMode``, in the order the CLI lists them."""
 HybridFusion = Literal["rrf", "weighted"]
 #: How deep each retriever looks before a hybrid search fuses them (as measured in the README).
 HYBRID_DEPTH = 100

@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".jsonl")
+"""The file types the ingester reads; other files in a walked folder are reported, not read."""
 
 
 @dataclass(frozen=True)

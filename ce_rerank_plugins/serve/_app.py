@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ce_rerank_plugins._optional import require
@@ -21,6 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from ce_rerank_plugins.core import CrossEncoderReranker  # noqa: E402
+
+
+def served_name(model: str) -> str:
+    """The model's name as clients see it: a local model's folder name, not where it lies on the server's disk."""
+    path = Path(model)
+    return path.name if path.is_absolute() and path.is_dir() else model
 
 
 @dataclass(frozen=True)
@@ -195,20 +202,21 @@ def create_app(
             model = current()
         except _Unavailable as exc:
             return error(503, str(exc))
-        return JSONResponse({"status": "ok", "model": model.key.model, "precision": model.precision})
+        return JSONResponse({"status": "ok", "model": served_name(model.key.model), "precision": model.precision})
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         model = current()
         # The fusion the model recommends, so a remote client fuses exactly as the local reranker does.
         fusion = {"method": model.fusion, "weight": model.fusion_weight}
-        return {"object": "list", "data": [{"id": model.key.model, "object": "model", "fusion": fusion}]}
+        return {"object": "list", "data": [{"id": served_name(model.key.model), "object": "model", "fusion": fusion}]}
 
     @app.post("/v1/rerank")
     async def rerank(body: RerankRequest) -> Any:
         model = current()
-        if body.model not in (None, model.key.model):
-            return error(422, f"this server serves {model.key.model!r}, not {body.model!r:.100}")
+        name = served_name(model.key.model)
+        if body.model not in (None, name, model.key.model):
+            return error(422, f"this server serves {name!r}, not {body.model!r:.100}")
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         if len(texts) > limits.max_documents:
             return error(413, f"{len(texts)} documents, more than the limit of {limits.max_documents}")
@@ -229,6 +237,6 @@ def create_app(
             if body.return_documents:
                 item["document"] = {"text": texts[r.corpus_id]}
             results.append(item)
-        return {"model": model.key.model, "results": results, "usage": {"documents": len(texts)}}
+        return {"model": name, "results": results, "usage": {"documents": len(texts)}}
 
     return app

@@ -208,6 +208,7 @@ def inverse_cloze_pairs(
 
 
 CLIMATE_FEVER_LABELS = ("REFUTES", "SUPPORTS", "NOT_ENOUGH_INFO")
+"""Climate-FEVER's claim labels, in the order ``climate_fever_pairs(classes=True)`` numbers them."""
 
 
 def climate_fever_pairs(path: str | os.PathLike[str], *, classes: bool = False) -> list[LabeledPair]:

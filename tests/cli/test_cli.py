@@ -246,6 +246,9 @@ def test_demo_answer_movement(after, answers, expected):
         (["index", "{empty}", "--out", "{tmp}/o"], 1, "no .txt, .md or .jsonl files found"),
         (["index", "{tmp}/bad.csv", "--out", "{tmp}/o"], 1, "unsupported file type '.csv'"),
         (["index", "{empty}", "--out", "{tmp}/bad.csv"], 1, "it is a file, not a directory"),
+        # Found before any embedding: a dangling link, or a parent that is a file, as --out.
+        (["index", "{docs}", "--out", "{tmp}/dangling"], 1, "symbolic link to .* which does not exist"),
+        (["index", "{docs}", "--out", "{tmp}/bad.csv/sub/index"], 1, "bad.csv' is a file, not a directory"),
         (["index", "{empty}", "--out", "{tmp}/o", "--index-type", "lsh"], 2, "--index-type must be flat, hnsw or ivf"),
         (["query", "{tmp}/missing", "q", "-k", "0", "-m", "{model}"], 2, "-k and -n must be >= 1"),
         (
@@ -277,11 +280,15 @@ def test_user_errors_are_one_line_with_exit_codes(args, code, message, tmp_path,
     empty = tmp_path / "empty"
     empty.mkdir()
     (tmp_path / "bad.csv").write_text("x")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("Lyon counted roughly 522,000 residents.")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     noqrels = tmp_path / "noqrels"
     noqrels.mkdir()
     (noqrels / "corpus.jsonl").write_text((beir_dir / "corpus.jsonl").read_text())
     (noqrels / "queries.jsonl").write_text((beir_dir / "queries.jsonl").read_text())
-    filled = [a.format(tmp=tmp_path, empty=empty, model=tiny_ce_path, noqrels=noqrels) for a in args]
+    filled = [a.format(tmp=tmp_path, empty=empty, docs=docs, model=tiny_ce_path, noqrels=noqrels) for a in args]
     result = subprocess.run(
         [sys.executable, "-m", "ce_rerank_plugins.cli", *filled], capture_output=True, text=True, timeout=300
     )

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -241,6 +242,36 @@ async def test_async_gather_equals_sequential_and_loads_once(tiny_ce_path, fresh
     for got, p in zip(predicted, pairs, strict=True):
         np.testing.assert_allclose(got, reranker.predict(p), rtol=0, atol=1e-6)
     assert fresh_registry.load_count(reranker.key) == 1
+
+
+@pytest.mark.parametrize("micro_batching", [True, False])
+async def test_cancelled_async_calls_stop_computing(tiny_ce_path, fresh_registry, micro_batching):
+    # A slow model (each batch takes 20 ms) and a count of the pairs it really scores.
+    reranker = CrossEncoderReranker(tiny_ce_path, batch_size=8, micro_batching=micro_batching)
+    scored: list[int] = []
+    engine = reranker.engine
+    real = engine.score_logits
+
+    def slow(pairs, batch_size):
+        scored.append(len(pairs))
+        time.sleep(0.02 * -(-len(pairs) // batch_size))
+        return real(pairs, batch_size)
+
+    engine.score_logits = slow
+    engine.batcher._score_fn = slow
+    docs = [f"passage number {i} about Lyon" for i in range(800)]
+    tasks = [asyncio.create_task(reranker.arank(f"question {i}", docs)) for i in range(3)]
+    await asyncio.sleep(0.3)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await asyncio.sleep(0.3)  # whatever was already running finishes its step
+    settled = sum(scored)
+    assert settled < 3 * len(docs) / 4, f"{settled} pairs scored for callers that left"
+    small = await reranker.arank("How many people live in Lyon?", PASSAGES, top_n=1)
+    assert len(small) == 1 and sum(scored) == settled + len(PASSAGES)  # nothing abandoned ran meanwhile
 
 
 def test_duplicates_scored_once_and_cache_hits(tiny_ce_path):
