@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from ce_rerank_plugins._files import known_source_files_sha256
 from ce_rerank_plugins.core._hardware import apply_thread_policy, cpu_flags, device_has_native_bf16
 from ce_rerank_plugins.core._loading import ModelKey
 
@@ -106,8 +107,6 @@ def _cpu_model() -> str:
 def _model_fingerprint(model: str, revision: str | None) -> str:
     local = Path(model)
     if local.is_dir():
-        from ce_rerank_plugins.core._onnx import known_source_files_sha256
-
         return "files:" + known_source_files_sha256(local)
     return f"hub:{model}@{revision or 'default'}"
 

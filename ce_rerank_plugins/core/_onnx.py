@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sysconfig
-import tempfile
 import threading
 import uuid
 import warnings
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ce_rerank_plugins._files import sha256_file
+from ce_rerank_plugins._files import atomic_write, known_source_files_sha256, sha256_file, stat_signature
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins.core._scores import FloatArray
 
@@ -84,81 +83,6 @@ def _user_cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ce_rerank_plugins" / "onnx"
 
 
-_digests: dict[tuple[str, int, int, int], str] = {}
-_digests_lock = threading.Lock()
-
-
-def _file_sha256(path: Path) -> str:
-    """``sha256_file``, remembered for this process while the file's inode, size and mtime stay the same.
-
-    A process that checks a model's files twice (the CLI asks whether the fast start is ready, then
-    loads it) reads each file once.
-    """
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    with _digests_lock:
-        known = _digests.get(key)
-    if known is None:
-        known = sha256_file(path)
-        with _digests_lock:
-            _digests[key] = known
-    return known
-
-
-def source_files_sha256(model_dir: Path) -> str:
-    """A hash of a local model directory's files (names and bytes), its ``onnx/`` cache and dot-files excepted.
-
-    It names the model without loading it, so a process that has not imported torch can still tell
-    whether a cached export belongs to these weights and this tokenizer.
-    """
-    digest = hashlib.sha256()
-    for path in _model_files(model_dir):
-        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0" + _file_sha256(path).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def _model_files(model_dir: Path) -> list[Path]:
-    return sorted(
-        path
-        for path in model_dir.rglob("*")
-        if path.is_file()
-        and path.relative_to(model_dir).parts[0] != "onnx"
-        and not any(part.startswith(".") for part in path.relative_to(model_dir).parts)
-    )
-
-
-def _stat(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
-
-
-def known_source_files_sha256(model_dir: Path, *, trust_index: bool = True) -> str:
-    """:func:`source_files_sha256`, read from a small stat index while no file's inode, size or mtime changed.
-
-    Hashing a model's files costs ~0.1 s per 100 MB, a large share of a torch-free start; like git's
-    index, a file whose stat is unchanged is taken to be unchanged. The index lives in the user cache
-    (``paths/``), one file per model directory, written atomically. ``trust_index=False`` hashes
-    anyway and refreshes the index (the export does, before it records what it wrote).
-    """
-    resolved = model_dir.resolve()
-    stats = [[path.relative_to(model_dir).as_posix(), *_stat(path)] for path in _model_files(model_dir)]
-    index = _user_cache_root() / "paths" / f"{hashlib.sha256(str(resolved).encode()).hexdigest()[:16]}.json"
-    try:
-        known = json.loads(index.read_text()) if trust_index else {}
-        if known.get("path") == str(resolved) and known.get("stats") == stats:
-            return str(known["source_files_sha256"])
-    except (OSError, ValueError, KeyError, AttributeError):
-        pass
-    digest = source_files_sha256(model_dir)
-    record = {"path": str(resolved), "stats": stats, "source_files_sha256": digest}
-    try:
-        index.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(index, json.dumps(record).encode())
-    except OSError:  # a read-only cache only costs the hashing next time
-        pass
-    return digest
-
-
 def _read_manifest(directory: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
@@ -192,8 +116,8 @@ def _record(directory: Path, filename: str, model_hash: str, source_hash: str | 
     ort = require("onnxruntime", "onnx", purpose="The ONNX inference path")
     manifest.update({"opset": OPSET, "torch": torch.__version__, "onnxruntime": ort.__version__})
     manifest["files"][filename] = sha256_file(directory / filename)
-    manifest.setdefault("stats", {})[filename] = _stat(directory / filename)
-    _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    manifest.setdefault("stats", {})[filename] = stat_signature(directory / filename)
+    atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
 
 
 def record_runtime(graph: Path, runtime: Mapping[str, Any]) -> None:
@@ -212,7 +136,7 @@ def record_runtime(graph: Path, runtime: Mapping[str, Any]) -> None:
     manifest.setdefault("runtime_sha256", {})[graph.name] = _runtime_sha256(
         manifest["runtime"][graph.name], manifest["files"][graph.name]
     )
-    _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    atomic_write(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
 
 
 def _runtime_sha256(runtime: Mapping[str, Any], graph_sha256: str) -> str:
@@ -250,18 +174,6 @@ def verified_export(model_dir: Path, kind: str, filename: str = "model.onnx") ->
         logger.warning("the ONNX graph %s does not match its recorded checksum; not using it", path)
         return None
     return path, runtime
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _temporary_sibling(target: Path) -> Path:

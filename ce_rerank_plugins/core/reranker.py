@@ -58,7 +58,8 @@ def _choose_precision(key: ModelKey, build: Callable[[ModelKey], Any]) -> Precis
     if known is not None:
         return known
     choice = choose_precision(key, build)
-    _auto_choices[key] = dataclasses.replace(choice, engine=None)
+    if choice.reason.startswith("measured"):  # a rule or a setting is cheap to decide again, and may change
+        _auto_choices[key] = dataclasses.replace(choice, engine=None)
     return choice
 
 

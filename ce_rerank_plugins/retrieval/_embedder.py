@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from ce_rerank_plugins._files import known_source_files_sha256
 from ce_rerank_plugins._validation import check_sequence, check_text
 from ce_rerank_plugins.core import FloatArray, ModelRegistry, resolve_device
 from ce_rerank_plugins.errors import ModelLoadError
@@ -45,14 +46,23 @@ def default_embedder_path() -> str:
 
 
 def embedder_id(name_or_path: str | None) -> str:
-    """A machine-independent id for a bi-encoder, stored in index manifests and compared on load."""
+    """A machine-independent id for a bi-encoder, stored in index manifests and compared on load.
+
+    A local folder is named by its folder name and a hash of its files (``local:NAME@HASH``): two
+    folders of one name with other weights (a retrained ``final/``) are told apart, wherever they lie.
+    """
     if name_or_path is None or name_or_path in {DEFAULT_EMBEDDER_ID, "all-MiniLM-L6-v2"}:
         return DEFAULT_EMBEDDER_ID
     path = Path(name_or_path).expanduser()
     if path.exists():
         if path.resolve() == Path(default_embedder_path()).resolve():
             return DEFAULT_EMBEDDER_ID
-        return f"local:{path.resolve().name}"
+        resolved = path.resolve()
+        return (
+            f"local:{resolved.name}@{known_source_files_sha256(resolved)[:16]}"
+            if resolved.is_dir()
+            else f"local:{resolved.name}"
+        )
     return name_or_path
 
 

@@ -518,6 +518,26 @@ def _cleanup_if_idle(directory: Path) -> None:
         logger.debug("left %s as it is: %s", directory, exc)
 
 
+def same_embedder(stored: str, given: str) -> bool:
+    """Whether a saved index's embedder id and the one given name the same bi-encoder.
+
+    Indexes saved before local bi-encoders were fingerprinted name them by folder only
+    (``local:NAME``); those still load with a folder of that name, with a warning that the weights
+    cannot be checked.
+    """
+    if stored == given:
+        return True
+    if stored.startswith("local:") and "@" not in stored and given.startswith(f"{stored}@"):
+        logger.warning(
+            "this index names its bi-encoder %r by folder only (saved by an older version): the weights of %r "
+            "cannot be checked against it; save the index again to record them",
+            stored,
+            given,
+        )
+        return True
+    return False
+
+
 def load_index(
     directory: Path,
     *,
@@ -541,7 +561,7 @@ def load_index(
         if isinstance(embedder, Embedder)
         else embedder_id(os.fspath(embedder))
     )
-    if given_id is not None and given_id != stored_model:  # before loading a model that cannot be used
+    if given_id is not None and not same_embedder(stored_model, given_id):  # before loading an unusable model
         msg = (
             f"the index at {str(directory)!r} was built with embedding model {stored_model!r}, "
             f"but {given_id!r} was given; queries would not match its vectors"
@@ -551,7 +571,7 @@ def load_index(
         embedder = Embedder(None if stored_model == embedder_id(None) else stored_model, runtime=embedder_runtime)
     elif not isinstance(embedder, Embedder):
         embedder = Embedder(embedder, runtime=embedder_runtime)
-    if embedder.id != stored_model:
+    if not same_embedder(stored_model, embedder.id):
         msg = (
             f"the index at {str(directory)!r} was built with embedding model {stored_model!r}, "
             f"but {embedder.id!r} was given; queries would not match its vectors"

@@ -464,10 +464,12 @@ def test_query_starts_without_torch_once_an_onnx_run_exported_both_models(index_
     torch_path, heavy = run("--precision", "fp32")
     assert "torch" in heavy
     assert torch_path["inference"] == {"cross_encoder": "fp32", "bi_encoder": "torch"}
+    assert torch_path["precision_reason"] == "precision='fp32' was asked for"
     exported, _ = run("--precision", "onnx")
     fast, heavy = run()
     assert heavy == [], "after one --precision onnx run, the default query must not import torch"
     assert exported["inference"] == fast["inference"] == {"cross_encoder": "onnx", "bi_encoder": "onnx"}
+    assert fast["precision_reason"].startswith("auto: a verified ONNX export is cached")
     for result in (exported, fast):
         assert [r["id"] for r in result["results"]] == [r["id"] for r in torch_path["results"]]
         scores = [r["rerank_score"] for r in result["results"]]

