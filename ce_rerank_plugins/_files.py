@@ -16,6 +16,7 @@ __all__ = [
     "sha256_file",
     "source_files_sha256",
     "stat_signature",
+    "user_cache_dir",
 ]
 
 
@@ -50,8 +51,13 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def user_cache_dir() -> Path:
+    """This package's folder in the user cache: ``$XDG_CACHE_HOME/ce_rerank_plugins`` (default ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ce_rerank_plugins"
+
+
 def _stat_index_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ce_rerank_plugins" / "onnx" / "paths"
+    return user_cache_dir() / "onnx" / "paths"
 
 
 _digests: dict[tuple[str, int, int, int], str] = {}

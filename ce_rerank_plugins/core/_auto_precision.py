@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ce_rerank_plugins._files import known_source_files_sha256
+from ce_rerank_plugins._files import atomic_write, known_source_files_sha256, user_cache_dir
 from ce_rerank_plugins.core._hardware import apply_thread_policy, cpu_flags, device_has_native_bf16
 from ce_rerank_plugins.core._loading import ModelKey
 
@@ -82,7 +82,7 @@ def rule_precision(device: str) -> str:
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ce_rerank_plugins" / "precision"
+    return user_cache_dir() / "precision"
 
 
 def _versions() -> dict[str, str | None]:
@@ -185,15 +185,6 @@ def _writable_cache() -> str | None:
     return None
 
 
-def _write_record(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _time_once(engine: _Engine, pairs: Sequence[tuple[str, str]], batch_size: int) -> float:
     start = time.perf_counter()
     engine.score_logits(pairs, batch_size)
@@ -294,7 +285,7 @@ def _measure(
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     try:
-        _write_record(path, record)
+        atomic_write(path, json.dumps(record, indent=1, sort_keys=True).encode())
         where = f"recorded in {path}"
     except OSError as exc:
         where = f"not recorded ({exc.strerror or exc})"

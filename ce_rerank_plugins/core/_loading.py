@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ce_rerank_plugins._files import user_cache_dir
 from ce_rerank_plugins.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -280,7 +281,7 @@ def untrained_cross_encoder(num_labels: int = 1, labels: list[str] | None = None
     import torch
     from sentence_transformers import CrossEncoder
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ce_rerank_plugins"
+    cache = user_cache_dir()
     target = cache / f"untrained-minilm-l6-cross-encoder-{num_labels}"
     if not (target / "config.json").is_file():
         torch.manual_seed(0)

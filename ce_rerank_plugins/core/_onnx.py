@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ce_rerank_plugins._files import atomic_write, known_source_files_sha256, sha256_file, stat_signature
+from ce_rerank_plugins._files import (
+    atomic_write,
+    known_source_files_sha256,
+    sha256_file,
+    stat_signature,
+    user_cache_dir,
+)
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins.core._scores import FloatArray
 
@@ -80,7 +86,7 @@ def cache_dir_for(model_source: str, model_hash: str) -> Path:
 
 
 def _user_cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ce_rerank_plugins" / "onnx"
+    return user_cache_dir() / "onnx"
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
