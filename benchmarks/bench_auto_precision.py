@@ -7,6 +7,12 @@ would, with an empty cache: it measures, records its choice, and is timed on the
 Reported: every path's time, ``auto``'s choice and its time against the best verified configuration
 (target: within 5%), and what the measurement cost once.
 
+One pass per configuration is a single sample, and on a shared machine samples of the same
+configuration minutes apart differ by ~10%; the minimum of nine such samples is also biased low (the
+luckiest one wins). So the verdict comes from a confirmation: the two fastest configurations of the
+sweep and ``auto``'s choice run ``--confirm-rounds`` more passes, taking turns, and each keeps its best
+pass; ``auto_vs_best`` compares those.
+
     python benchmarks/bench_auto_precision.py --threads 1 --out benchmarks/results/auto_precision/NAME.json
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +46,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=6)
     parser.add_argument("--candidates", type=int, default=100)
     parser.add_argument("--threads", default="1", help="torch threads for every path: a count, 'auto' or 'torch'")
+    parser.add_argument("--confirm-rounds", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -74,20 +82,47 @@ def main() -> None:
     started = time.perf_counter()
     chosen = CrossEncoderReranker(model_path, device="cpu")
     measure_seconds = time.perf_counter() - started
-    auto_seconds, _ = time_per_query(score_with(chosen), lists)
-    best_name = min(rows, key=lambda k: rows[k]["seconds_per_query"])
-    best = rows[best_name]["seconds_per_query"]
+    auto_name = f"{chosen.precision}@{chosen.batch_size}"
+    sweep_ranked = sorted(rows, key=lambda k: rows[k]["seconds_per_query"])
+    best_name = sweep_ranked[0]
     fp32_16 = rows["fp32@16"]["seconds_per_query"]
     for row in rows.values():
         row["vs_st_fp32"] = st_seconds / row["seconds_per_query"]
-        row["vs_best"] = row["seconds_per_query"] / best
+        row["vs_best"] = row["seconds_per_query"] / rows[best_name]["seconds_per_query"]
+
+    # Confirmation: the sweep's two fastest and auto's choice, taking turns, best pass each.
+    contenders: dict[str, Any] = {"auto": score_with(chosen)}
+    for name in sweep_ranked[:2]:
+        row = rows[name]
+        contenders[name] = score_with(
+            CrossEncoderReranker(model_path, device="cpu", precision=row["precision"], batch_size=row["batch_size"])
+        )
+    confirm: dict[str, list[float]] = {name: [] for name in contenders}
+    for fn in contenders.values():
+        for query, docs in lists:  # warm-up pass for each (the auto engine may be new to these shapes)
+            fn(query, docs)
+    for _ in range(args.confirm_rounds):
+        for name, fn in contenders.items():
+            passes: list[float] = []
+            for query, docs in lists:
+                start = time.perf_counter()
+                fn(query, docs)
+                passes.append(time.perf_counter() - start)
+            confirm[name].append(statistics.median(passes))
+    confirmed = {name: min(times) for name, times in confirm.items()}
+    auto_seconds = confirmed.pop("auto")
+    best_confirmed = min(confirmed, key=confirmed.__getitem__)
+    best = confirmed[best_confirmed]
     result = {
         "choice": {"precision": chosen.precision, "batch_size": chosen.batch_size, "reason": chosen.precision_reason},
         "auto_seconds_per_query": auto_seconds,
         "auto_vs_best": auto_seconds / best,
         "auto_vs_st_fp32": st_seconds / auto_seconds,
         "auto_vs_rule_fp32_batch16": fp32_16 / auto_seconds,
-        "best_verified": best_name,
+        "best_verified": best_confirmed,
+        "best_in_sweep": best_name,
+        "confirmation_rounds": args.confirm_rounds,
+        "confirmation_seconds_per_query": {"auto " + auto_name: confirm["auto"], **{k: confirm[k] for k in confirmed}},
         "first_use_seconds_including_measurement": measure_seconds,
     }
 
@@ -98,9 +133,13 @@ def main() -> None:
         print(f"{name:16} {row['seconds_per_query']:8.3f} {row['vs_st_fp32']:10.2f} {row['vs_best']:8.3f}{mark}")
     for precision, reason in refused.items():
         print(f"{precision:16} refused by the probe: {reason}")
+    print(f"\nconfirmation, {args.confirm_rounds} rounds taking turns (best pass, s/query):")
+    print(f"  auto ({auto_name}): {auto_seconds:.3f}")
+    for name, seconds in confirmed.items():
+        print(f"  {name}: {seconds:.3f}")
     print(
-        f"\nauto chose {chosen.precision} at batch {chosen.batch_size}: {auto_seconds:.3f} s/query, "
-        f"{result['auto_vs_best']:.3f}x the best verified time ({best_name}), "
+        f"auto chose {chosen.precision} at batch {chosen.batch_size}: {auto_seconds:.3f} s/query, "
+        f"{result['auto_vs_best']:.3f}x the best verified time ({best_confirmed}), "
         f"{result['auto_vs_st_fp32']:.2f}x ST fp32; first use took {measure_seconds:.1f} s including the measurement"
     )
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"})

@@ -4,12 +4,14 @@
 in count. Records requests/s, p50/p95/p99 latency and the error count per configuration: in-process,
 uvicorn (raw httpx and RemoteReranker), Ray Serve with 1 replica (2 CPUs) and 2 replicas (1 CPU each).
 Then Ray Data embedding throughput (2 actors x 1 CPU) against single-process ``encode`` on the same
-texts, in the same run. Prints a table and writes JSON.
+texts, in the same run. Prints a table and writes JSON. ``--cluster-only`` runs (and adds to the JSON)
+only the two-node rows: a real ``ray.cluster_utils.Cluster`` that loses its worker node under load.
 
 The default model is a small BERT cross-encoder built on disk (as the tests do), so the figures show
 the serving overhead (HTTP, JSON, threads) rather than model compute; ``--model PATH`` uses another.
 
     python benchmarks/bench_serve.py --out benchmarks/results/serve.json
+    python benchmarks/bench_serve.py --cluster-only --out benchmarks/results/serve.json
 """
 
 from __future__ import annotations
@@ -120,7 +122,20 @@ def main() -> None:
     )
     parser.add_argument("--embed-texts", type=int, default=2000)
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray Serve and Ray Data rows")
+    parser.add_argument(
+        "--cluster-only",
+        action="store_true",
+        help="run only the two-node cluster rows (node loss under load) and add them to --out",
+    )
     args = parser.parse_args()
+    if args.cluster_only:
+        record = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        record["two_node_cluster"] = two_node_cluster_rows(args.model)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2))
+        print(json.dumps(record["two_node_cluster"], indent=1))
+        print(f"wrote {args.out}")
+        return
     import httpx
     import uvicorn
 
@@ -225,6 +240,83 @@ def ray_serve_rows(model: str, load: list[list[tuple[str, list[str]]]]) -> dict[
         serve.delete(APP_NAME)
     serve.shutdown()
     return rows
+
+
+def two_node_cluster_rows(model: str | None, clients: int = 8, requests: int = 40) -> dict[str, object]:
+    """Ray Serve on a two-node ``Cluster`` (1 CPU a node, 2 replicas of 0.5 CPU, one on each node): the
+    worker node is removed once 1/8 of the requests are answered, under ``clients`` x ``requests``.
+    Every answer is checked against the in-process order; recovery is timed until Serve reports both
+    replicas running again (on the surviving node)."""
+    from ce_rerank_plugins import CrossEncoderReranker
+    from ce_rerank_plugins.serve import RemoteReranker, RemoteRerankError
+    from tests.conftest import build_tiny_cross_encoder
+    from tests.serve.cluster_holder import ClusterHolder
+
+    model = model or str(build_tiny_cross_encoder(Path(tempfile.mkdtemp())))
+    reranker = CrossEncoderReranker(model, precision="fp32")
+    docs = [f"{w} {v} passage {i}" for i, (w, v) in enumerate(zip(WORDS * 4, WORDS[3:] * 5, strict=False))][:60]
+    questions = [f"{WORDS[i % len(WORDS)]} question {i}" for i in range(requests)]
+    expected = {i: [r.corpus_id for r in reranker.rank(q, docs)] for i, q in enumerate(questions)}
+    holder = ClusterHolder()
+    try:
+        port = _free_port()
+        deployed = holder.send("deploy", {"model": model, "replicas": 2, "cpus_per_replica": 0.5, "port": port})
+        placement = sorted(deployed["nodes"]) == sorted([holder.head, holder.worker])
+        url = f"http://127.0.0.1:{port}"
+        lock = threading.Lock()
+        outcome = {"answered": 0, "wrong": 0, "errors": 0}
+        latencies: list[float] = []
+
+        def client() -> None:
+            remote = RemoteReranker(url, timeout=60, retries=8, backoff=0.25)
+            for i in range(requests):
+                started = time.perf_counter()
+                try:
+                    got = [r.corpus_id for r in remote.rank(questions[i], docs)]
+                except RemoteRerankError:
+                    with lock:
+                        outcome["errors"] += 1
+                    continue
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+                    outcome["answered"] += 1
+                    outcome["wrong"] += got != expected[i]
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        while outcome["answered"] < clients * requests // 8:
+            time.sleep(0.05)
+        holder.send("remove-worker")
+        lost_at = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        finished = time.perf_counter()
+        while True:
+            status = holder.send("status")
+            if status["states"] == {"RUNNING": 2} and set(status["nodes"]) == {holder.head}:
+                break
+            if time.perf_counter() - lost_at > 300:
+                break
+            time.sleep(0.5)
+        recovered = time.perf_counter() - lost_at
+    finally:
+        holder.close()
+    latencies.sort()
+    return {
+        "setup": "ray.cluster_utils.Cluster: head + worker on loopback, 1 CPU each; 2 replicas x 0.5 CPU",
+        "replicas_on_both_nodes_before": placement,
+        "requests": clients * requests,
+        "clients": clients,
+        **outcome,
+        "worker_node_removed_after_answers": clients * requests // 8,
+        "recovery_seconds_to_2_running_replicas": round(recovered, 1),
+        "recovered_state": status["states"],
+        "seconds": round(finished - started, 1),
+        "p50_ms": round(1000 * latencies[len(latencies) // 2], 1) if latencies else None,
+        "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 1) if latencies else None,
+    }
 
 
 def ray_data_embedding(corpus: Path, n: int) -> dict[str, object]:

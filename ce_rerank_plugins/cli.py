@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -23,6 +24,8 @@ from rich.text import Text
 from ce_rerank_plugins.core import Precision
 from ce_rerank_plugins.errors import CERerankError
 from ce_rerank_plugins.retrieval import EmbedderRuntime, RetrievalMode
+
+logger = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="ce-rerank",
@@ -438,6 +441,13 @@ def index(
         str | None, typer.Option(help="With --ray: an existing Ray cluster ('auto', 'ray://head:10001').")
     ] = None,
     actors: Annotated[int, typer.Option(help="With --ray: embedding actors, one bi-encoder each.")] = 2,
+    stall_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="With --ray: seconds without a finished batch before the run is given up, saving nothing "
+            "(default 600; a lost node's actors wait for room)."
+        ),
+    ] = None,
 ) -> None:
     """Read, chunk and embed documents, then save a FAISS index (no pickle).
 
@@ -452,8 +462,10 @@ def index(
         fail(f"need --chunk-tokens >= 1 and 0 <= --overlap < --chunk-tokens, got {chunk_tokens} and {overlap}", 2)
     if actors < 1:
         fail(f"--actors must be >= 1, got {actors}", 2)
-    if address and not ray:
-        fail("--address is for --ray", 2)
+    if (address or stall_timeout is not None) and not ray:
+        fail("--address and --stall-timeout are for --ray", 2)
+    if stall_timeout is not None and not (math.isfinite(stall_timeout) and stall_timeout > 0):
+        fail(f"--stall-timeout must be a positive number of seconds, got {stall_timeout}", 2)
     check_save_target(out)  # before any embedding work
     encode = None
     if ray:
@@ -462,7 +474,20 @@ def index(
         ray_data.connect(address)
 
         def encode(texts: list[str]) -> Any:
-            return ray_data.embed_texts(texts, embedder, actors=actors)
+            try:
+                return ray_data.embed_texts(
+                    texts, embedder, actors=actors, stall_timeout=stall_timeout or ray_data.DEFAULT_STALL_TIMEOUT
+                )
+            except ray_data.RayDataStalledError as exc:
+                try:
+                    fail(f"{exc}; no index was written to {out}", 1)
+                finally:
+                    # The given-up run still runs in Ray's threads of this process, and a normal exit would
+                    # tear it down with tracebacks printed after the error. Ending the driver ends its
+                    # tasks and actors on the cluster, so leave at once.
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(1)
 
     built, found = build_index_from_files(
         paths,
@@ -509,12 +534,21 @@ def _query_paths(model: str, precision: Precision) -> tuple[Precision, EmbedderR
     A one-shot query spends more time importing torch than computing: under ``auto``, a model whose
     ONNX export is cached and verified runs on ONNX Runtime instead (``onnx`` makes those exports).
     """
-    from ce_rerank_plugins.core import onnx_fast_start_ready
+    from ce_rerank_plugins.core import onnx_fast_start_lost, onnx_fast_start_ready
 
     if precision == "onnx":
         return "onnx", "onnx"
-    if precision == "auto" and onnx_fast_start_ready(model):
-        return "onnx", "auto"
+    if precision == "auto":
+        if onnx_fast_start_ready(model):
+            return "onnx", "auto"
+        lost = onnx_fast_start_lost(model)
+        if lost is not None:  # it was fast before: say why it is not now, and how to make it fast again
+            logger.warning(
+                "no fast start for this query (it loads torch, several seconds more): %s: %s. "
+                "`ce-rerank query --precision onnx ...` exports the models again",
+                model,
+                lost,
+            )
     return precision, "torch"
 
 
@@ -719,6 +753,13 @@ def serve(
         int | None, typer.Option(help="With --ray: autoscale between --replicas and this many replicas.")
     ] = None,
     cpus_per_replica: Annotated[float, typer.Option(help="With --ray: CPUs (and torch threads) per replica.")] = 1.0,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a connection has to deliver each whole request (headers and body) before it is "
+            "closed; computing the answer is not limited. Default 30. Not with --ray (Ray Serve's proxy)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the shared reranker over HTTP (POST /v1/rerank, GET /health, GET /v1/models).
 
@@ -728,6 +769,10 @@ def serve(
         fail(f"need 0 < --port < 65536 and --max-documents >= 1, got {port} and {max_documents}", 2)
     if not ray and (address or replicas != 1 or max_replicas is not None or cpus_per_replica != 1.0):
         fail("--address, --replicas, --max-replicas and --cpus-per-replica are for --ray", 2)
+    if ray and request_timeout is not None:
+        fail("--request-timeout is for the uvicorn server; with --ray, Ray Serve's proxy handles connections", 2)
+    if request_timeout is not None and not (math.isfinite(request_timeout) and request_timeout > 0):
+        fail(f"--request-timeout must be a positive number of seconds, got {request_timeout}", 2)
     _check_host(host)
     from ce_rerank_plugins.serve import ServeLimits, create_app
 
@@ -757,8 +802,10 @@ def serve(
     from ce_rerank_plugins._optional import require
 
     uvicorn = require("uvicorn", "serve", purpose="ce-rerank serve")
+    from ce_rerank_plugins.serve import uvicorn_config
+
     app_ = create_app(lambda: _reranker(model, precision), limits=limits)
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn_config(app_, host=host, port=port, request_timeout=request_timeout)).run()
 
 
 #: The demo's questions, each with the sample-corpus records that answer it (our own judgements of our

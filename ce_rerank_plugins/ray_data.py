@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,7 +22,74 @@ from ce_rerank_plugins._files import portable_model_name
 from ce_rerank_plugins._optional import require
 from ce_rerank_plugins._validation import check_sequence, check_text
 
-__all__ = ["connect", "embed_texts", "rerank_rows"]
+__all__ = ["DEFAULT_STALL_TIMEOUT", "RayDataStalledError", "connect", "embed_texts", "rerank_rows"]
+
+DEFAULT_STALL_TIMEOUT = 600.0
+"""Seconds without a finished batch before a run is given up (``stall_timeout``)."""
+
+_Item = TypeVar("_Item")
+
+
+class RayDataStalledError(RuntimeError):
+    """No batch finished for ``stall_timeout`` seconds: the run was given up and returned nothing.
+
+    Ray restarts the actors of a lost node and retries their batches, which finishes the run once there
+    is room for them again (an autoscaling cluster adds a node). On a cluster that cannot make room,
+    the run would wait forever; this error ends it instead.
+    """
+
+
+def _check_stall_timeout(stall_timeout: object) -> float:
+    if (
+        isinstance(stall_timeout, bool)
+        or not isinstance(stall_timeout, int | float)
+        or not math.isfinite(stall_timeout)
+        or stall_timeout <= 0
+    ):
+        msg = f"stall_timeout must be a positive, finite number of seconds, got {stall_timeout!r}"
+        raise ValueError(msg)
+    return float(stall_timeout)
+
+
+def _watched(items: Iterable[_Item], stall_timeout: float, what: str) -> Iterator[_Item]:
+    """``items``, or :class:`RayDataStalledError` once none arrives for ``stall_timeout`` seconds."""
+    arrived: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def pull() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        arrived.put(("item", item), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            arrived.put(("done", None))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            arrived.put(("error", exc))
+
+    threading.Thread(target=pull, name="ce-rerank-ray-data", daemon=True).start()
+    try:
+        while True:
+            try:
+                kind, value = arrived.get(timeout=stall_timeout)
+            except queue.Empty:
+                msg = (
+                    f"{what}: no batch finished for {stall_timeout:g} s, so the run was given up and returned "
+                    "nothing. A node may have been lost and its actors cannot be placed again on the "
+                    "remaining resources; add capacity (or fewer --actors) and run it again"
+                )
+                raise RayDataStalledError(msg) from None
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
 
 
 def _ray() -> Any:
@@ -111,6 +180,7 @@ def embed_texts(
     actors: int = 2,
     cpus_per_actor: float = 1.0,
     batch_size: int = 64,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> np.ndarray[Any, Any]:
     """Embed ``texts`` on Ray Data; an ``(n, dimension)`` float32 array of unit vectors in input order.
 
@@ -123,9 +193,14 @@ def embed_texts(
         actors: Actors in the pool, each holding one bi-encoder.
         cpus_per_actor: CPUs Ray reserves per actor; also its torch thread count (at least 1).
         batch_size: Texts per forward pass (each actor call takes a few of these).
+        stall_timeout: Seconds without a finished batch before the run is given up.
+
+    Raises:
+        RayDataStalledError: No batch finished for ``stall_timeout`` seconds (nothing is returned).
     """
     texts = [check_text(t, f"texts[{i}]") for i, t in enumerate(check_sequence(texts, "texts"))]
     _check_pool(actors, cpus_per_actor, batch_size)
+    stall_timeout = _check_stall_timeout(stall_timeout)
     if not texts:
         from ce_rerank_plugins.retrieval import Embedder
 
@@ -141,7 +216,8 @@ def embed_texts(
     )
     vectors: np.ndarray[Any, Any] | None = None
     seen = np.zeros(len(texts), dtype=bool)
-    for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
+    batches = embedded.iter_batches(batch_format="numpy", batch_size=None)
+    for batch in _watched(batches, stall_timeout, f"embedding {len(texts)} texts on Ray Data"):
         positions = batch["position"]
         block = np.asarray(batch["vector"], dtype=np.float32)
         if vectors is None:
@@ -222,6 +298,7 @@ def rerank_rows(
     cpus_per_actor: float = 1.0,
     rows_per_batch: int = 8,
     precision: str = "fp32",
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> list[dict[str, Any]]:
     """Score every ``(query, candidates)`` row on Ray Data (offline evaluation at scale).
 
@@ -237,9 +314,14 @@ def rerank_rows(
         cpus_per_actor: CPUs Ray reserves per actor; also its torch thread count (at least 1).
         rows_per_batch: Rows per actor call (their pairs are scored together).
         precision: The core's precision on each actor.
+        stall_timeout: Seconds without a finished batch before the run is given up.
+
+    Raises:
+        RayDataStalledError: No batch finished for ``stall_timeout`` seconds (nothing is returned).
     """
     checked = _check_rows(rows)
     _check_pool(actors, cpus_per_actor, rows_per_batch)
+    stall_timeout = _check_stall_timeout(stall_timeout)
     if not checked:
         return []
     items = [{"__position": i, "query": r["query"], "candidates": r["candidates"]} for i, r in enumerate(checked)]
@@ -253,7 +335,7 @@ def rerank_rows(
         rows_per_block=rows_per_batch,
     )
     out: list[dict[str, Any] | None] = [None] * len(checked)
-    for row in scored.iter_rows():
+    for row in _watched(scored.iter_rows(), stall_timeout, f"reranking {len(checked)} rows on Ray Data"):
         position = int(row["__position"])
         out[position] = {
             **checked[position],

@@ -115,6 +115,7 @@ EXPECTED_ALL = {
         "default_threads",
         "device_has_native_bf16",
         "fuse_scores",
+        "onnx_fast_start_lost",
         "onnx_fast_start_ready",
         "quiet_weight_loading",
         "resolve_device",
@@ -179,9 +180,16 @@ EXPECTED_ALL = {
         "create_app",
         "ray_application",
         "run_on_ray",
+        "uvicorn_config",
     ],
     "ce_rerank_plugins.evaluation": ["BeirDataset", "load_beir", "read_jsonl", "read_qrels"],
-    "ce_rerank_plugins.ray_data": ["connect", "embed_texts", "rerank_rows"],
+    "ce_rerank_plugins.ray_data": [
+        "DEFAULT_STALL_TIMEOUT",
+        "RayDataStalledError",
+        "connect",
+        "embed_texts",
+        "rerank_rows",
+    ],
 }
 
 

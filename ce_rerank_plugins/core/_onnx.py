@@ -113,12 +113,14 @@ def _cached_file(directory: Path, filename: str, model_hash: str, source_hash: s
     return path
 
 
-def _record(directory: Path, filename: str, model_hash: str, source_hash: str | None) -> None:
+def _record(directory: Path, filename: str, model_hash: str, source_hash: str | None, source: Path | None) -> None:
     import torch
 
     manifest = _read_manifest(directory)
     if manifest.get("model_sha256") != model_hash or manifest.get("source_files_sha256") != source_hash:
         manifest = {"model_sha256": model_hash, "source_files_sha256": source_hash, "files": {}}
+    if source is not None:  # lets a later lookup tell "never exported" from "exported from other files"
+        manifest["source"] = str(source.resolve())
     ort = require("onnxruntime", "onnx", purpose="The ONNX inference path")
     manifest.update({"opset": OPSET, "torch": torch.__version__, "onnxruntime": ort.__version__})
     manifest["files"][filename] = sha256_file(directory / filename)
@@ -151,35 +153,53 @@ def _runtime_sha256(runtime: Mapping[str, Any], graph_sha256: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def verified_export(model_dir: Path, kind: str, filename: str = "model.onnx") -> tuple[Path, dict[str, Any]] | None:
+def find_export(
+    model_dir: Path, kind: str, filename: str = "model.onnx"
+) -> tuple[tuple[Path, dict[str, Any]] | None, str | None]:
     """The cached graph of a local model and its recorded ``runtime`` entry, found without torch.
 
-    None when there is none for the model's current files, it is of another ``kind``, or its file does
-    not match the manifest's checksum. The caller decides whether the recorded probe is good enough.
+    Returns ``(graph, runtime)`` or None when there is none for the model's current files, it is of
+    another ``kind``, or its file does not match the manifest's checksum; and beside it why an export
+    made earlier for this model cannot serve now. That reason is None when the export was found, or
+    when none was ever made: only a start that *was* fast and no longer is deserves a word to the
+    user. The caller decides whether the recorded probe is good enough.
     """
     if not model_dir.is_dir():
-        return None
+        return None, None
     source_hash = known_source_files_sha256(model_dir)
     directory = cache_dir_for(str(model_dir), source_hash)
     manifest = _read_manifest(directory)
     if manifest.get("source_files_sha256") != source_hash:
-        return None
+        return None, _stale_export(model_dir, directory, manifest)
     runtime = manifest.get("runtime", {}).get(filename)
     if not isinstance(runtime, dict) or runtime.get("kind") != kind:
-        return None
+        return None, None
     expected = manifest.get("files", {}).get(filename)
     path = directory / filename
     if not expected or not path.is_file():
-        return None
+        return None, f"its exported graph {path} is missing"
     if manifest.get("runtime_sha256", {}).get(filename) != _runtime_sha256(runtime, expected):
         logger.warning("the ONNX manifest in %s was edited since it was recorded; not using its export", directory)
-        return None
+        return None, f"the manifest of its export in {directory} was edited since it was recorded"
     # The graph's bytes are hashed on every use, never trusted from its stat: a file rewritten with its
     # size and mtime restored must not run. (sha256 of a MiniLM-sized graph is tens of milliseconds.)
     if sha256_file(path) != expected:
         logger.warning("the ONNX graph %s does not match its recorded checksum; not using it", path)
+        return None, f"its exported graph {path} does not match its recorded checksum"
+    return (path, runtime), None
+
+
+def _stale_export(model_dir: Path, directory: Path, manifest: Mapping[str, Any]) -> str | None:
+    """Why not, when an export of this model folder exists but was made from other files of it."""
+    stale = "its ONNX export was made from other files (the model changed since it was exported)"
+    if manifest.get("source_files_sha256"):  # the folder beside the model holds one export, of older files
+        return stale
+    source = str(model_dir.resolve())
+    try:
+        others = list(_user_cache_root().glob(f"*/{MANIFEST}"))
+    except OSError:
         return None
-    return path, runtime
+    return stale if any(_read_manifest(path.parent).get("source") == source for path in others) else None
 
 
 def _temporary_sibling(target: Path) -> Path:
@@ -291,14 +311,14 @@ def onnx_file(model: Any, model_source: str, precision: str, input_names: list[s
         logger.info("exporting %s to ONNX in %s", model_source, directory)
         fp32 = directory / "model.onnx"
         _export_fp32(hf_model, input_names, fp32, output)
-        _record(directory, "model.onnx", model_hash, source_hash)
+        _record(directory, "model.onnx", model_hash, source_hash, local if source_hash else None)
     if precision == "onnx":
         return fp32
     int8 = _cached_file(directory, "model_int8.onnx", model_hash, source_hash)
     if int8 is None:
         int8 = directory / "model_int8.onnx"
         _quantize_int8(fp32, int8)
-        _record(directory, "model_int8.onnx", model_hash, source_hash)
+        _record(directory, "model_int8.onnx", model_hash, source_hash, local if source_hash else None)
     return int8
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ce_rerank_plugins.core._loading import ModelKey
 from ce_rerank_plugins.core._microbatch import MicroBatcher, Pair, length_sorted_batches, token_windows
-from ce_rerank_plugins.core._onnx import OnnxRunner, model_input_names, onnx_file, record_runtime, verified_export
+from ce_rerank_plugins.core._onnx import OnnxRunner, find_export, model_input_names, onnx_file, record_runtime
 from ce_rerank_plugins.core._probe import (
     DEFAULT_MIN_PROBE_SPEARMAN,
     PROBE_QUERIES,
@@ -198,22 +198,31 @@ class OnnxPairEngine:
 
 
 def _verified_pair_export(model: str, min_probe_spearman: float) -> tuple[Path, dict[str, Any], ProbeAgreement] | None:
-    found = verified_export(Path(model), PAIR_KIND) if fast_start_available() else None
+    return _pair_export(model, min_probe_spearman)[0]
+
+
+def _pair_export(
+    model: str, min_probe_spearman: float
+) -> tuple[tuple[Path, dict[str, Any], ProbeAgreement] | None, str | None]:
+    """The verified export and its probe, or None and why an earlier export cannot serve (see ``find_export``)."""
+    found, why_not = find_export(Path(model), PAIR_KIND)
     if found is None:
-        return None
+        return None, why_not
+    if not fast_start_available():
+        return None, "ONNX Runtime is not installed; install it with: pip install 'ce-rerank-plugins[onnx]'"
     graph, runtime = found
     try:
         probe = ProbeAgreement(**runtime["probe"])
     except (KeyError, TypeError):
-        return None
+        return None, None
     if not probe.acceptable(min_probe_spearman):
         logger.info(
             "the cached ONNX export of %s failed its probe (min Spearman %.4f); not using it",
             model,
             probe.min_spearman,
         )
-        return None
-    return graph, runtime, probe
+        return None, f"its ONNX export failed the probe against fp32 (min Spearman {probe.min_spearman:.4f})"
+    return (graph, runtime, probe), None
 
 
 def onnx_fast_start_ready(model: str, min_probe_spearman: float = DEFAULT_MIN_PROBE_SPEARMAN) -> bool:
@@ -223,6 +232,15 @@ def onnx_fast_start_ready(model: str, min_probe_spearman: float = DEFAULT_MIN_PR
     probe, and ONNX Runtime is installed.
     """
     return _verified_pair_export(model, min_probe_spearman) is not None
+
+
+def onnx_fast_start_lost(model: str, min_probe_spearman: float = DEFAULT_MIN_PROBE_SPEARMAN) -> str | None:
+    """Why ``model`` starts on torch although it was exported for the fast start before; None otherwise.
+
+    None also when it was never exported (nothing was lost). The CLI says this reason, since a start
+    that took a second yesterday and takes nine today is otherwise a mystery.
+    """
+    return _pair_export(model, min_probe_spearman)[1]
 
 
 def load_fast_pair_engine(key: ModelKey, min_probe_spearman: float) -> OnnxPairEngine | None:
@@ -344,6 +362,11 @@ class OnnxTextEncoder:
         return _verified_text_export(model_dir) is not None
 
     @staticmethod
+    def fast_start_lost(model_dir: Path) -> str | None:
+        """Why a bi-encoder exported for the fast start before now embeds on torch; None otherwise."""
+        return _text_export(model_dir)[1]
+
+    @staticmethod
     def load_cached(model_dir: Path) -> OnnxTextEncoder | None:
         """The encoder of a verified cached export, without importing torch; None if there is none."""
         return load_fast_text_encoder(model_dir)
@@ -362,17 +385,23 @@ class OnnxTextEncoder:
 
 
 def _verified_text_export(model_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    found = verified_export(model_dir, TEXT_KIND) if fast_start_available() else None
+    return _text_export(model_dir)[0]
+
+
+def _text_export(model_dir: Path) -> tuple[tuple[Path, dict[str, Any]] | None, str | None]:
+    found, why_not = find_export(model_dir, TEXT_KIND)
     if found is None:
-        return None
+        return None, why_not
+    if not fast_start_available():
+        return None, "ONNX Runtime is not installed; install it with: pip install 'ce-rerank-plugins[onnx]'"
     try:
         accepted = TextProbe(**found[1]["probe"]).acceptable()
     except (KeyError, TypeError):
-        return None
+        return None, None
     if not accepted:
         logger.info("the cached ONNX export of %s failed its probe; not using it", model_dir)
-        return None
-    return found
+        return None, "its ONNX export failed the probe against torch"
+    return found, None
 
 
 def load_fast_text_encoder(model_dir: Path) -> OnnxTextEncoder | None:

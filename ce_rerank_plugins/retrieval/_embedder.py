@@ -203,7 +203,14 @@ class Embedder:
 def _fast_export_cached(source: str) -> bool:
     from ce_rerank_plugins.core import OnnxTextEncoder
 
-    return Path(source).is_dir() and OnnxTextEncoder.is_cached(Path(source))
+    if not Path(source).is_dir():
+        return False
+    if OnnxTextEncoder.is_cached(Path(source)):
+        return True
+    lost = OnnxTextEncoder.fast_start_lost(Path(source))
+    if lost is not None:
+        logger.warning("the bi-encoder %s embeds on torch this time (a slower start): %s", source, lost)
+    return False
 
 
 def _load(key: EmbedderKey) -> _Loaded:

@@ -7,7 +7,8 @@
 core's worker, so the server does no batching of its own. Blocking work runs in a thread pool.
 
 Needs the ``serve`` extra (``pip install 'ce-rerank-plugins[serve]'``). Run it with
-``ce-rerank serve`` (uvicorn) or mount :func:`create_app` in any ASGI server. The same app runs as a
+``ce-rerank serve`` (uvicorn, configured by :func:`uvicorn_config`: each request must arrive within a
+deadline) or mount :func:`create_app` in any ASGI server. The same app runs as a
 Ray Serve deployment (:func:`ray_application`, :func:`run_on_ray`; the ``ray`` extra).
 """
 
@@ -19,6 +20,7 @@ from ce_rerank_plugins.serve._client import RemoteReranker, RemoteRerankError
 
 if TYPE_CHECKING:
     from ce_rerank_plugins.serve._app import ServeLimits, create_app
+    from ce_rerank_plugins.serve._http import uvicorn_config
     from ce_rerank_plugins.serve._ray import RayServeSettings, ray_application, run_on_ray
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "create_app",
     "ray_application",
     "run_on_ray",
+    "uvicorn_config",
 ]
 
 
@@ -39,6 +42,10 @@ def __getattr__(name: str) -> Any:
         from ce_rerank_plugins.serve import _app
 
         return getattr(_app, name)
+    if name == "uvicorn_config":
+        from ce_rerank_plugins.serve import _http
+
+        return _http.uvicorn_config
     if name in ("RayServeSettings", "ray_application", "run_on_ray"):
         from ce_rerank_plugins.serve import _ray
 

@@ -50,6 +50,12 @@ class RayServeSettings:
         target_ongoing_requests: Autoscaling target per replica.
         cpus_per_replica: CPUs Ray reserves for each replica; also its torch thread count (at least 1).
         max_ongoing_requests: Requests one replica holds at once (its micro-batcher merges them).
+        upscale_delay_s: With autoscaling, how long load must stay above target before a replica is
+            added (Ray Serve's default).
+        downscale_delay_s: How long load must stay below target before one is removed (Serve's default:
+            ten minutes, so a lull between bursts keeps the replicas warm).
+        extra_actor_options: More ``ray_actor_options`` for each replica (``{"num_gpus": 1}``).
+        extra_autoscaling_options: More fields of Serve's ``autoscaling_config`` (``look_back_period_s``).
     """
 
     replicas: int = 1
@@ -58,7 +64,10 @@ class RayServeSettings:
     target_ongoing_requests: float = 8.0
     cpus_per_replica: float = 1.0
     max_ongoing_requests: int = 32
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
     extra_actor_options: dict[str, Any] = field(default_factory=dict)
+    extra_autoscaling_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.replicas < 1 or self.min_replicas < 0:
@@ -69,6 +78,9 @@ class RayServeSettings:
             raise ValueError(msg)
         if not self.cpus_per_replica > 0 or self.max_ongoing_requests < 1 or not self.target_ongoing_requests > 0:
             msg = "cpus_per_replica, max_ongoing_requests and target_ongoing_requests must be positive"
+            raise ValueError(msg)
+        if not (self.upscale_delay_s >= 0 and self.downscale_delay_s >= 0):
+            msg = f"autoscaling delays must be >= 0 s, got {self.upscale_delay_s} and {self.downscale_delay_s}"
             raise ValueError(msg)
 
     def deployment_options(self) -> dict[str, Any]:
@@ -90,6 +102,9 @@ class RayServeSettings:
                 "min_replicas": self.min_replicas,
                 "max_replicas": self.max_replicas,
                 "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s,
+                "downscale_delay_s": self.downscale_delay_s,
+                **self.extra_autoscaling_options,
             }
         return options
 
@@ -144,6 +159,7 @@ def run_on_ray(
     port: int = 8000,
     num_cpus: int | None = None,
     blocking: bool = False,
+    proxy_location: str = "EveryNode",
 ) -> Any:
     """Start (or join) Ray, then Serve's HTTP proxy on ``host:port``, and deploy ``application``.
 
@@ -154,7 +170,13 @@ def run_on_ray(
         port: Its port.
         num_cpus: CPUs of a local Ray (ignored with ``address``).
         blocking: Block until SIGINT or SIGTERM, then shut Serve down (the CLI), instead of returning at once.
+        proxy_location: Serve's HTTP proxies: ``"EveryNode"`` (one on each node that holds a replica, for a
+            load balancer in front of the nodes) or ``"HeadOnly"`` (one, on the head node; also where
+            several nodes share one address, as in a test cluster on one machine).
     """
+    if proxy_location not in ("EveryNode", "HeadOnly"):
+        msg = f"proxy_location must be 'EveryNode' or 'HeadOnly', got {proxy_location!r}"
+        raise ValueError(msg)
     import ray
 
     if not ray.is_initialized():
@@ -169,7 +191,7 @@ def run_on_ray(
         {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)} if blocking else {}
     )
     try:
-        serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
+        serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location, logging_config=QUIET_LOGS)
         handle = serve.run(application, name=APP_NAME, route_prefix="/", blocking=False, logging_config=QUIET_LOGS)
         while blocking and not stop.wait(0.5):
             pass

@@ -458,8 +458,11 @@ def test_query_starts_without_torch_once_an_onnx_run_exported_both_models(index_
             env=env,
             check=True,
         )
+        stderr.append(done.stderr)
         *payload, heavy = done.stdout.strip().splitlines()
         return json.loads("\n".join(payload)), json.loads(heavy)
+
+    stderr: list[str] = []
 
     torch_path, heavy = run("--precision", "fp32")
     assert "torch" in heavy
@@ -470,7 +473,16 @@ def test_query_starts_without_torch_once_an_onnx_run_exported_both_models(index_
     assert heavy == [], "after one --precision onnx run, the default query must not import torch"
     assert exported["inference"] == fast["inference"] == {"cross_encoder": "onnx", "bi_encoder": "onnx"}
     assert fast["precision_reason"].startswith("auto: a verified ONNX export is cached")
-    for result in (exported, fast):
+    assert "fast start" not in "".join(stderr), "nothing was lost so far: nothing to say"
+
+    # The model's files change: the export is of other files, and the slower start says why.
+    config = model / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("{", '{"note": "retrained",', 1))
+    slow, heavy = run()
+    assert "torch" in heavy and slow["inference"] == {"cross_encoder": "fp32", "bi_encoder": "torch"}
+    assert "no fast start for this query" in stderr[-1] and "made from other files" in stderr[-1]
+    assert "--precision onnx" in stderr[-1]
+    for result in (exported, fast, slow):
         assert [r["id"] for r in result["results"]] == [r["id"] for r in torch_path["results"]]
         scores = [r["rerank_score"] for r in result["results"]]
         np.testing.assert_allclose(scores, [r["rerank_score"] for r in torch_path["results"]], atol=1e-5)
@@ -526,6 +538,19 @@ def test_index_skips_hidden_ignored_and_saved_index_folders_and_says_so(tmp_path
 def test_serve_refuses_an_impossible_host_before_loading_anything(host):
     result = runner.invoke(app, ["serve", "--host", host, "--model", "/nonexistent"])
     assert result.exit_code == 2 and "is not a valid IP address or host name" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--request-timeout", "0"], "--request-timeout must be a positive number"),
+        (["--request-timeout", "nan"], "--request-timeout must be a positive number"),
+        (["--ray", "--request-timeout", "5"], "--request-timeout is for the uvicorn server"),
+    ],
+)
+def test_serve_refuses_a_bad_request_timeout_before_loading_anything(args, message):
+    result = runner.invoke(app, ["serve", *args, "--model", "/nonexistent"])
+    assert result.exit_code == 2 and message in result.stderr
 
 
 def test_a_latin1_file_name_is_read_under_a_repaired_name_and_a_bad_record_names_its_line(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ce_rerank_plugins import CrossEncoderReranker
-from ce_rerank_plugins.core import onnx_fast_start_ready
+from ce_rerank_plugins.core import onnx_fast_start_lost, onnx_fast_start_ready
 from ce_rerank_plugins.core._onnx import cache_dir_for, weights_sha256
 from ce_rerank_plugins.core._onnx_engine import OnnxPairEngine
 
@@ -261,6 +261,50 @@ def test_the_fast_start_verifies_the_graph_bytes_and_every_trusted_manifest_fiel
     with caplog.at_level("WARNING", logger="ce_rerank_plugins.core._onnx"):
         assert not onnx_fast_start_ready(str(model_copy))
     assert "was edited since it was recorded" in caplog.text
+
+
+def test_a_fast_start_made_earlier_and_lost_now_says_why(model_copy, fresh_registry, monkeypatch):
+    """A start that was fast yesterday and is slow today names its cause; one never made says nothing."""
+    from ce_rerank_plugins.core import _onnx, _onnx_engine
+
+    assert onnx_fast_start_lost(str(model_copy)) is None, "never exported: nothing was lost"
+    CrossEncoderReranker(model_copy, precision="onnx")
+    assert onnx_fast_start_ready(str(model_copy)) and onnx_fast_start_lost(str(model_copy)) is None
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_onnx_engine, "fast_start_available", lambda: False)
+        assert not onnx_fast_start_ready(str(model_copy))
+        assert "pip install 'ce-rerank-plugins[onnx]'" in str(onnx_fast_start_lost(str(model_copy)))
+
+    config = model_copy / "tokenizer_config.json"
+    original = config.read_text()
+    config.write_text(original.replace("{", '{"note": "edited",', 1))
+    assert "made from other files" in str(onnx_fast_start_lost(str(model_copy)))
+    config.write_text(original)
+
+    manifest = json.loads((model_copy / "onnx" / "manifest.json").read_text())
+    manifest["runtime"]["model.onnx"]["probe"]["min_spearman"] = 0.5
+    _onnx.record_runtime(model_copy / "onnx" / "model.onnx", manifest["runtime"]["model.onnx"])
+    assert "failed the probe" in str(onnx_fast_start_lost(str(model_copy)))
+
+
+def test_a_lost_fast_start_is_found_for_models_exported_into_the_user_cache(model_copy, fresh_registry, monkeypatch):
+    """Installed models export into the user cache under their files' hash: an upgrade is told from a first use."""
+    from ce_rerank_plugins.core import _onnx
+
+    monkeypatch.setattr(_onnx, "_inside_the_package", lambda path: True)  # as if installed: not ours to write into
+    CrossEncoderReranker(model_copy, precision="onnx")
+    assert not (model_copy / "onnx").exists() and onnx_fast_start_ready(str(model_copy))
+    other = model_copy.with_name("other-model")
+    shutil.copytree(model_copy, other)
+    assert onnx_fast_start_ready(str(other)), "same files, same export"
+
+    config = model_copy / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("{", '{"note": "upgraded",', 1))
+    assert "made from other files" in str(onnx_fast_start_lost(str(model_copy)))
+    config = other / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("{", '{"note": "another model",', 1))
+    assert onnx_fast_start_lost(str(other)) is None, "an export of another folder is not this one's"
 
 
 def test_the_fast_engine_tokenises_windows_and_scores_like_the_torch_engine(model_copy, fresh_registry):

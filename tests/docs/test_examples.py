@@ -91,9 +91,17 @@ def test_every_page_has_examples_and_only_known_directives():
     assert sum(len(examples(p)) for p in PAGES) >= 40
 
 
+@pytest.fixture(scope="session")
+def reader_cache(tmp_path_factory) -> Path:
+    """One reader's user cache, empty at the first page: they read the pages on one machine, so the
+    first page that loads the model pays ``precision="auto"``'s one-time measurement and the rest read
+    its record (and reuse its ONNX exports), as they would."""
+    return tmp_path_factory.mktemp("reader-cache")
+
+
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A reader's folder: the files the pages name, an empty model cache, offline, the bundled default model."""
+def workdir(tmp_path, monkeypatch, reader_cache):
+    """A reader's folder: the files the pages name, their user cache, offline, the bundled default model."""
     docs = tmp_path / "my-docs"
     docs.mkdir()
     by_source: dict[str, list[str]] = {}
@@ -109,7 +117,7 @@ def workdir(tmp_path, monkeypatch):
     for name in ("CE_RERANK_MODEL", "CE_RERANK_DATA", "CE_RERANK_PRECISION"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(reader_cache))
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
     return tmp_path
 

@@ -37,7 +37,7 @@ def user_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_onnx_embeddings_equal_torch_and_a_fresh_process_starts_without_torch(user_cache):
+def test_onnx_embeddings_equal_torch_and_a_fresh_process_starts_without_torch(user_cache, caplog):
     torch_vectors = Embedder(runtime="torch").encode(TEXTS)
     assert Embedder(runtime="auto").runtime == "torch", "auto never exports: nothing is cached yet"
     onnx = Embedder(runtime="onnx")
@@ -60,6 +60,16 @@ def test_onnx_embeddings_equal_torch_and_a_fresh_process_starts_without_torch(us
     assert fresh["runtime"] == "onnx"
     assert fresh["heavy"] == [], "a cached, verified export must embed without torch"
     np.testing.assert_allclose(np.asarray(fresh["vectors"], dtype=np.float32), torch_vectors, atol=1e-5)
+
+    # The installed bi-encoder's files change (an upgrade): its export is of other files now, and auto says so.
+    [manifest_path] = (user_cache / "ce_rerank_plugins" / "onnx").glob("*/manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["source_files_sha256"] = "0" * 64
+    older = manifest_path.parent.rename(manifest_path.parent.with_name("0" * 16))
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="ce_rerank_plugins.retrieval._embedder"):
+        assert Embedder(runtime="auto").runtime == "torch"
+    assert "embeds on torch this time" in caplog.text and "made from other files" in caplog.text
 
 
 def test_an_index_searches_alike_with_either_runtime(user_cache, tmp_path, sample_records):

@@ -1,122 +1,17 @@
-"""The same app on a real local Ray Serve (2 replicas, loopback HTTP): equality, errors, a replica killed."""
+"""Ray Serve settings and the ``serve --ray`` command on a local Ray.
+
+Serving itself (equality with the core, errors through Serve's proxy, a node lost under load,
+autoscaling) is tested on a real two-node cluster in ``test_ray_cluster.py``.
+"""
 
 from __future__ import annotations
 
-import re
-import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from ce_rerank_plugins import CrossEncoderReranker
-from ce_rerank_plugins.serve import RemoteReranker, RemoteRerankError
-from tests.serve.test_serve import DOCS, ERROR_CASES, QUERY, TEST_LIMITS, _free_port, post_raw
-
-
-@pytest.fixture(scope="module")
-def ray_url(local_ray, tiny_ce_path) -> Iterator[str]:
-    from ray import serve
-
-    from ce_rerank_plugins.serve._ray import APP_NAME, RayServeSettings, ray_application, run_on_ray
-
-    port = _free_port()
-    settings = RayServeSettings(replicas=2, cpus_per_replica=0.5)
-    app = ray_application(str(tiny_ce_path), precision="fp32", limits=TEST_LIMITS, settings=settings)
-    run_on_ray(app, port=port)
-    yield f"http://127.0.0.1:{port}"
-    serve.delete(APP_NAME)
-    serve.shutdown()
-
-
-@pytest.fixture(scope="module")
-def fp32_reranker(tiny_ce_path) -> CrossEncoderReranker:
-    return CrossEncoderReranker(tiny_ce_path, precision="fp32")
-
-
-def _replica_states() -> dict[str, int]:
-    from ray import serve
-
-    from ce_rerank_plugins.serve._ray import APP_NAME
-
-    return dict(serve.status().applications[APP_NAME].deployments[APP_NAME].replica_states)
-
-
-def test_served_on_ray_equals_in_process(ray_url, fp32_reranker):
-    assert _replica_states() == {"RUNNING": 2}
-    expected = fp32_reranker.rank(QUERY, DOCS)
-    body = httpx.post(f"{ray_url}/v1/rerank", json={"query": QUERY, "documents": DOCS}, timeout=30).json()
-    assert [r["index"] for r in body["results"]] == [r.corpus_id for r in expected]
-    assert [r["relevance_score"] for r in body["results"]] == pytest.approx([r.score for r in expected], abs=1e-5)
-    got = RemoteReranker(ray_url).rank(QUERY, DOCS, top_n=2)
-    assert [r.corpus_id for r in got] == [r.corpus_id for r in expected[:2]]
-    assert httpx.get(f"{ray_url}/health").json()["status"] == "ok"
-
-
-def test_the_langchain_adapter_works_against_ray(ray_url, fp32_reranker):
-    from langchain_core.documents import Document
-
-    from ce_rerank_plugins.integrations.langchain import CrossEncoderCompressor
-
-    docs = [Document(page_content=t) for t in DOCS]
-    local = CrossEncoderCompressor(reranker=fp32_reranker, top_n=3).compress_documents(docs, QUERY)
-    served = CrossEncoderCompressor(reranker=RemoteReranker(ray_url), top_n=3).compress_documents(docs, QUERY)
-    assert [d.page_content for d in served] == [d.page_content for d in local]
-
-
-@pytest.mark.parametrize(("payload", "status", "message"), ERROR_CASES)
-def test_errors_and_limits_through_the_ray_proxy(ray_url, payload, status, message):
-    response = post_raw(ray_url, payload)
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["status"] == status
-    if message:
-        assert re.search(message, error["message"]), error["message"]
-
-
-def test_a_replica_killed_mid_load_is_replaced_and_no_request_is_lost(ray_url, fp32_reranker, local_ray):
-    docs = [f"{d} ({i})" for i in range(15) for d in DOCS]  # 60 candidates: requests are in flight at the kill
-    expected = {i: [r.corpus_id for r in fp32_reranker.rank(f"{QUERY} {i}", docs)] for i in range(40)}
-    outcomes: list[str] = []
-    server_errors: list[int] = []
-    lock = threading.Lock()
-    started = threading.Event()
-
-    def client() -> None:
-        remote = RemoteReranker(ray_url, retries=6, backoff=0.1)
-        remote._client.event_hooks["response"].append(
-            lambda response: server_errors.append(response.status_code) if response.status_code >= 500 else None
-        )
-        for i in range(40):
-            try:
-                got = [r.corpus_id for r in remote.rank(f"{QUERY} {i}", docs)]
-                outcome = "ok" if got == expected[i] else f"wrong order for request {i}: {got}"
-            except RemoteRerankError as exc:  # failed loudly: acceptable, and counted
-                outcome = f"loud: {exc}"
-            with lock:
-                outcomes.append(outcome)
-            started.set()
-
-    threads = [threading.Thread(target=client) for _ in range(8)]
-    for t in threads:
-        t.start()
-    assert started.wait(30)
-    victim = next(a for a in local_ray.util.list_named_actors(all_namespaces=True) if "REPLICA" in a["name"])
-    local_ray.kill(local_ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
-    for t in threads:
-        t.join(120)
-    assert len(outcomes) == 8 * 40, "a request neither returned nor failed"
-    print(f"5xx answers seen and retried: {len(server_errors)}")
-    assert not [o for o in outcomes if o.startswith("wrong")]
-    # With retries on 5xx and on dropped connections, the surviving replica answers every request.
-    assert outcomes.count("ok") == len(outcomes), [o for o in outcomes if o != "ok"][:3]
-    names = {a["name"] for a in local_ray.util.list_named_actors(all_namespaces=True) if "REPLICA" in a["name"]}
-    assert victim["name"] not in names
-    deadline = time.monotonic() + 90
-    while _replica_states() != {"RUNNING": 2} and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert _replica_states() == {"RUNNING": 2}, "the killed replica was not replaced"
+from tests.serve.test_serve import _free_port
 
 
 def test_ray_settings_are_checked_and_translated():
@@ -126,7 +21,13 @@ def test_ray_settings_are_checked_and_translated():
     assert fixed["num_replicas"] == 3 and fixed["ray_actor_options"]["num_cpus"] == 2
     assert "autoscaling_config" not in fixed
     scaling = RayServeSettings(min_replicas=1, max_replicas=4, target_ongoing_requests=4).deployment_options()
-    assert scaling["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 4}
+    assert scaling["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 4,
+        "upscale_delay_s": 30.0,
+        "downscale_delay_s": 600.0,
+    }
     assert "num_replicas" not in scaling
     with pytest.raises(ValueError, match="max_replicas"):
         RayServeSettings(min_replicas=3, max_replicas=2)
@@ -134,6 +35,12 @@ def test_ray_settings_are_checked_and_translated():
         RayServeSettings(replicas=0)
     with pytest.raises(ValueError, match="cpus_per_replica"):
         RayServeSettings(cpus_per_replica=0)
+    with pytest.raises(ValueError, match="autoscaling delays"):
+        RayServeSettings(max_replicas=2, downscale_delay_s=float("nan"))
+    from ce_rerank_plugins.serve._ray import run_on_ray
+
+    with pytest.raises(ValueError, match="proxy_location must be 'EveryNode' or 'HeadOnly'"):
+        run_on_ray(None, proxy_location="Nowhere")  # refused before Ray starts
 
 
 def test_ray_application_checks_its_arguments_before_any_replica_starts(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 
 from ce_rerank_plugins import CrossEncoderReranker
-from ce_rerank_plugins.serve import RemoteReranker, RemoteRerankError, ServeLimits, create_app
+from ce_rerank_plugins.serve import RemoteReranker, RemoteRerankError, ServeLimits, create_app, uvicorn_config
 
 QUERY = "How many people live in Lyon?"
 DOCS = [
@@ -33,9 +33,13 @@ def _free_port() -> int:
 
 
 class _Server:
-    def __init__(self, app) -> None:
+    """The app on loopback, configured as ``ce-rerank serve`` configures it."""
+
+    def __init__(self, app, request_timeout: float = 30.0) -> None:
         self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn_config(app, host="127.0.0.1", port=self.port, request_timeout=request_timeout)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -235,6 +239,60 @@ def test_a_timed_out_request_is_not_sent_again():
             asyncio.run(remote.arank("q", ["a"]))
         assert calls["n"] == 2
         remote.close()
+
+
+def test_a_connection_that_does_not_deliver_its_request_in_time_is_closed(reranker, caplog):
+    """Half-open clients (silent, half a header, a dripping body) are closed; slow answers are not cut."""
+    from fastapi.responses import JSONResponse
+
+    app = create_app(reranker)
+
+    @app.post("/slow")
+    async def _slow() -> JSONResponse:
+        await asyncio.sleep(1.5)  # computing longer than the deadline: the client's side is done
+        return JSONResponse({"done": True})
+
+    body = json.dumps({"query": QUERY, "documents": DOCS}).encode()
+    head = (
+        f"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with _Server(app, request_timeout=0.5) as running, caplog.at_level("WARNING", logger="ce_rerank_plugins.serve"):
+        attempts = {
+            "silent": b"",
+            "half a header": b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\n",
+            "a dripping body": head.encode() + body[:10],
+        }
+        started = time.monotonic()
+        sockets = {}
+        for name, sent in attempts.items():
+            sockets[name] = socket.create_connection(("127.0.0.1", running.port))
+            sockets[name].sendall(sent)
+        for name, sock in sockets.items():
+            sock.settimeout(10)
+            assert sock.recv(1024) == b"", f"{name}: the server must close the connection"
+            sock.close()
+        assert time.monotonic() - started < 5
+        assert caplog.text.count("no whole request within 0.5 s") == 3
+
+        # A whole request, then a kept-alive connection that owes its next one: answered, then closed.
+        with socket.create_connection(("127.0.0.1", running.port)) as sock:
+            sock.settimeout(10)
+            sock.sendall(head.encode() + body)
+            answer = b""
+            while b"relevance_score" not in answer:
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200")
+            sock.sendall(b"GET /hea")  # one byte resets uvicorn's keep-alive timer; the deadline still holds
+            assert sock.recv(1024) == b""
+        # An answer that takes longer than the deadline to compute is not cut.
+        slow = httpx.post(f"{running.url}/slow", timeout=10)
+        assert slow.status_code == 200 and slow.json() == {"done": True}
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), True, "30"])
+def test_the_request_deadline_must_be_a_positive_number(bad):
+    with pytest.raises(ValueError, match="request_timeout must be a positive, finite number"):
+        uvicorn_config(object(), request_timeout=bad)
 
 
 def test_a_500_is_retried_and_a_persistent_one_fails_loudly():
