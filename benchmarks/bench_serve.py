@@ -5,13 +5,15 @@ in count. Records requests/s, p50/p95/p99 latency and the error count per config
 uvicorn (raw httpx and RemoteReranker), Ray Serve with 1 replica (2 CPUs) and 2 replicas (1 CPU each).
 Then Ray Data embedding throughput (2 actors x 1 CPU) against single-process ``encode`` on the same
 texts, in the same run. Prints a table and writes JSON. ``--cluster-only`` runs (and adds to the JSON)
-only the two-node rows: a real ``ray.cluster_utils.Cluster`` that loses its worker node under load.
+only the two-node rows: a real ``ray.cluster_utils.Cluster`` that loses its worker node under load;
+``--serve-batch-only`` only Ray Serve's ``@serve.batch`` against the core's micro-batcher.
 
 The default model is a small BERT cross-encoder built on disk (as the tests do), so the figures show
 the serving overhead (HTTP, JSON, threads) rather than model compute; ``--model PATH`` uses another.
 
     python benchmarks/bench_serve.py --out benchmarks/results/serve.json
     python benchmarks/bench_serve.py --cluster-only --out benchmarks/results/serve.json
+    python benchmarks/bench_serve.py --serve-batch-only --requests 60 --out benchmarks/results/serve.json
 """
 
 from __future__ import annotations
@@ -123,11 +125,26 @@ def main() -> None:
     parser.add_argument("--embed-texts", type=int, default=2000)
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray Serve and Ray Data rows")
     parser.add_argument(
+        "--serve-batch-only",
+        action="store_true",
+        help="run only Ray Serve's @serve.batch against the core's micro-batcher and add it to --out",
+    )
+    parser.add_argument(
         "--cluster-only",
         action="store_true",
         help="run only the two-node cluster rows (node loss under load) and add them to --out",
     )
     args = parser.parse_args()
+    if args.serve_batch_only:
+        record = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        record["serve_batch_vs_core_micro_batcher"] = serve_batch_rows(
+            args.model, workload(args.clients, args.requests)
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2))
+        print(json.dumps(record["serve_batch_vs_core_micro_batcher"], indent=1))
+        print(f"wrote {args.out}")
+        return
     if args.cluster_only:
         record = json.loads(args.out.read_text()) if args.out.is_file() else {}
         record["two_node_cluster"] = two_node_cluster_rows(args.model)
@@ -240,6 +257,83 @@ def ray_serve_rows(model: str, load: list[list[tuple[str, list[str]]]]) -> dict[
         serve.delete(APP_NAME)
     serve.shutdown()
     return rows
+
+
+def serve_batch_rows(model: str | None, load: list[list[tuple[str, list[str]]]], rounds: int = 2) -> dict[str, object]:
+    """Ray Serve's request batching (``@serve.batch``: up to 8 requests, 10 ms wait, one ``predict`` over
+    all their pairs, core micro-batching off) against our deployment (the core's micro-batcher merges
+    a replica's concurrent requests). Both 2 replicas, the CPUs split between them, the same load,
+    ``rounds`` runs each taking turns; each keeps its best run."""
+    import asyncio
+
+    import httpx
+    from ray import serve
+    from starlette.requests import Request
+
+    from ce_rerank_plugins import ray_data
+    from ce_rerank_plugins.serve._ray import APP_NAME, RayServeSettings, ray_application, run_on_ray
+    from tests.conftest import build_tiny_cross_encoder
+
+    model = model or str(build_tiny_cross_encoder(Path(tempfile.mkdtemp())))
+    ray_data.connect(num_cpus=os.cpu_count() or 2)
+    cpus = float(os.cpu_count() or 2)
+    threads = max(1, int(cpus // 2))
+
+    @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": cpus / 2}, max_ongoing_requests=64)
+    class ServeBatched:
+        def __init__(self, model: str, threads: int) -> None:
+            from ce_rerank_plugins.core import CrossEncoderReranker, set_threads
+
+            set_threads(threads)
+            self.reranker = CrossEncoderReranker(model, micro_batching=False, fusion="none")
+
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+        async def score(self, requests: list[tuple[str, list[str]]]) -> list[list[float]]:
+            pairs = [(query, doc) for query, docs in requests for doc in docs]
+            scores = await asyncio.to_thread(self.reranker.predict, pairs)
+            out, start = [], 0
+            for _, docs in requests:
+                out.append([float(x) for x in scores[start : start + len(docs)]])
+                start += len(docs)
+            return out
+
+        async def __call__(self, request: Request) -> dict[str, object]:
+            body = await request.json()
+            scores = await self.score((body["query"], body["documents"]))
+            top = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)[: body.get("top_n") or None]
+            return {"results": [{"index": i, "relevance_score": scores[i]} for i in top]}
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = RayServeSettings(replicas=2, cpus_per_replica=cpus / 2, max_ongoing_requests=64)
+    configurations = {
+        "core micro-batcher (our deployment)": (ray_application(model, settings=settings), "/v1/rerank"),
+        "@serve.batch (8 requests, 10 ms), core micro-batching off": (ServeBatched.bind(model, threads), "/"),
+    }
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in configurations}
+    for _ in range(rounds):
+        for name, (application, path) in configurations.items():
+            run_on_ray(application, port=port)
+            local = threading.local()
+
+            def call(query: str, docs: list[str], path: str = path, local: threading.local = local) -> object:
+                if not hasattr(local, "client"):
+                    local.client = httpx.Client(timeout=60)
+                response = local.client.post(f"{url}{path}", json={"query": query, "documents": docs, "top_n": 5})
+                response.raise_for_status()
+                return response.json()
+
+            rows[name].append(run(load, call))
+            serve.delete(APP_NAME)
+    serve.shutdown()
+    best = {name: max(runs, key=lambda r: r["requests_per_s"]) for name, runs in rows.items()}
+    core, batched = best.values()
+    return {
+        "setup": f"2 replicas x {cpus / 2:g} CPU, {len(load)} clients x {len(load[0])} requests, best of {rounds}",
+        "results": best,
+        "all_runs": rows,
+        "serve_batch_vs_core_requests_per_s": round(batched["requests_per_s"] / core["requests_per_s"], 3),
+    }
 
 
 def two_node_cluster_rows(model: str | None, clients: int = 8, requests: int = 40) -> dict[str, object]:

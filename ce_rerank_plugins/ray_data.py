@@ -56,20 +56,24 @@ def _watched(items: Iterable[_Item], stall_timeout: float, what: str) -> Iterato
     arrived: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=4)
     stop = threading.Event()
 
+    def offer(entry: tuple[str, Any]) -> bool:
+        """Queue ``entry`` unless the caller stopped listening (then nobody would take it)."""
+        while not stop.is_set():
+            try:
+                arrived.put(entry, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def pull() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        arrived.put(("item", item), timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(("item", item)):
                     return
-            arrived.put(("done", None))
+            offer(("done", None))
         except BaseException as exc:  # handed to the caller's thread, raised there
-            arrived.put(("error", exc))
+            offer(("error", exc))
 
     threading.Thread(target=pull, name="ce-rerank-ray-data", daemon=True).start()
     try:
