@@ -153,7 +153,6 @@ def main() -> None:
         print(json.dumps(record["two_node_cluster"], indent=1))
         print(f"wrote {args.out}")
         return
-    import httpx
     import uvicorn
 
     from ce_rerank_plugins import CrossEncoderReranker
@@ -176,16 +175,7 @@ def main() -> None:
     while not server.started:
         time.sleep(0.05)
     url = f"http://127.0.0.1:{port}"
-    local = threading.local()
-
-    def over_http(query: str, docs: list[str]) -> object:
-        if not hasattr(local, "client"):
-            local.client = httpx.Client(timeout=60)
-        response = local.client.post(f"{url}/v1/rerank", json={"query": query, "documents": docs, "top_n": 5})
-        response.raise_for_status()
-        return response.json()
-
-    results["uvicorn, 1 process (httpx keep-alive clients)"] = run(load, over_http)
+    results["uvicorn, 1 process (httpx keep-alive clients)"] = run(load, http_caller(f"{url}/v1/rerank"))
     remote = RemoteReranker(url)
     results["uvicorn via RemoteReranker (pooled connections)"] = run(load, lambda q, d: remote.rank(q, d, top_n=5))
     server.should_exit = True
@@ -219,6 +209,22 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
+def http_caller(endpoint: str) -> Callable[[str, list[str]], object]:
+    """A rerank call over HTTP to ``endpoint``, one keep-alive httpx client per client thread."""
+    import httpx
+
+    local = threading.local()
+
+    def call(query: str, docs: list[str]) -> object:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=60)
+        response = local.client.post(endpoint, json={"query": query, "documents": docs, "top_n": 5})
+        response.raise_for_status()
+        return response.json()
+
+    return call
+
+
 def _free_port() -> int:
     import socket
 
@@ -229,7 +235,6 @@ def _free_port() -> int:
 
 def ray_serve_rows(model: str, load: list[list[tuple[str, list[str]]]]) -> dict[str, dict[str, float]]:
     """The same load through Ray Serve's HTTP proxy, with 1 replica of 2 CPUs and 2 replicas of 1 CPU."""
-    import httpx
     from ray import serve
 
     from ce_rerank_plugins import ray_data
@@ -242,16 +247,7 @@ def ray_serve_rows(model: str, load: list[list[tuple[str, list[str]]]]) -> dict[
     for replicas in (1, 2):
         settings = RayServeSettings(replicas=replicas, cpus_per_replica=cpus / replicas, max_ongoing_requests=64)
         run_on_ray(ray_application(model, settings=settings), port=port)
-        url = f"http://127.0.0.1:{port}"
-        local = threading.local()
-
-        def over_ray(query: str, docs: list[str], url: str = url, local: threading.local = local) -> object:
-            if not hasattr(local, "client"):
-                local.client = httpx.Client(timeout=60)
-            response = local.client.post(f"{url}/v1/rerank", json={"query": query, "documents": docs, "top_n": 5})
-            response.raise_for_status()
-            return response.json()
-
+        over_ray = http_caller(f"http://127.0.0.1:{port}/v1/rerank")
         label = f"Ray Serve, {replicas} replica{'s' if replicas > 1 else ''} x {cpus / replicas:g} CPU (httpx clients)"
         rows[label] = run(load, over_ray)
         serve.delete(APP_NAME)
@@ -266,7 +262,6 @@ def serve_batch_rows(model: str | None, load: list[list[tuple[str, list[str]]]],
     ``rounds`` runs each taking turns; each keeps its best run."""
     import asyncio
 
-    import httpx
     from ray import serve
     from starlette.requests import Request
 
@@ -314,16 +309,7 @@ def serve_batch_rows(model: str | None, load: list[list[tuple[str, list[str]]]],
     for _ in range(rounds):
         for name, (application, path) in configurations.items():
             run_on_ray(application, port=port)
-            local = threading.local()
-
-            def call(query: str, docs: list[str], path: str = path, local: threading.local = local) -> object:
-                if not hasattr(local, "client"):
-                    local.client = httpx.Client(timeout=60)
-                response = local.client.post(f"{url}{path}", json={"query": query, "documents": docs, "top_n": 5})
-                response.raise_for_status()
-                return response.json()
-
-            rows[name].append(run(load, call))
+            rows[name].append(run(load, http_caller(f"{url}{path}")))
             serve.delete(APP_NAME)
     serve.shutdown()
     best = {name: max(runs, key=lambda r: r["requests_per_s"]) for name, runs in rows.items()}

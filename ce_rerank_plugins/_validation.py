@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["check_sequence", "check_text"]
+__all__ = ["check_seconds", "check_sequence", "check_text"]
 
 
 def check_text(value: object, where: str) -> str:
@@ -37,3 +38,11 @@ def check_sequence(value: object, name: str) -> list[Any]:
         msg = f"{name} must be a list, got {type(value).__name__}"
         raise TypeError(msg)
     return list(value)
+
+
+def check_seconds(value: object, name: str) -> float:
+    """``value`` as a float if it is a positive, finite number of seconds; else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        msg = f"{name} must be a positive, finite number of seconds, got {value!r}"
+        raise ValueError(msg)
+    return float(value)

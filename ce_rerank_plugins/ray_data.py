@@ -20,7 +20,7 @@ import numpy as np
 
 from ce_rerank_plugins._files import portable_model_name
 from ce_rerank_plugins._optional import require
-from ce_rerank_plugins._validation import check_sequence, check_text
+from ce_rerank_plugins._validation import check_seconds, check_sequence, check_text
 
 __all__ = ["DEFAULT_STALL_TIMEOUT", "RayDataStalledError", "connect", "embed_texts", "rerank_rows"]
 
@@ -37,18 +37,6 @@ class RayDataStalledError(RuntimeError):
     is room for them again (an autoscaling cluster adds a node). On a cluster that cannot make room,
     the run would wait forever; this error ends it instead.
     """
-
-
-def _check_stall_timeout(stall_timeout: object) -> float:
-    if (
-        isinstance(stall_timeout, bool)
-        or not isinstance(stall_timeout, int | float)
-        or not math.isfinite(stall_timeout)
-        or stall_timeout <= 0
-    ):
-        msg = f"stall_timeout must be a positive, finite number of seconds, got {stall_timeout!r}"
-        raise ValueError(msg)
-    return float(stall_timeout)
 
 
 def _watched(items: Iterable[_Item], stall_timeout: float, what: str) -> Iterator[_Item]:
@@ -204,7 +192,7 @@ def embed_texts(
     """
     texts = [check_text(t, f"texts[{i}]") for i, t in enumerate(check_sequence(texts, "texts"))]
     _check_pool(actors, cpus_per_actor, batch_size)
-    stall_timeout = _check_stall_timeout(stall_timeout)
+    stall_timeout = check_seconds(stall_timeout, "stall_timeout")
     if not texts:
         from ce_rerank_plugins.retrieval import Embedder
 
@@ -325,7 +313,7 @@ def rerank_rows(
     """
     checked = _check_rows(rows)
     _check_pool(actors, cpus_per_actor, rows_per_batch)
-    stall_timeout = _check_stall_timeout(stall_timeout)
+    stall_timeout = check_seconds(stall_timeout, "stall_timeout")
     if not checked:
         return []
     items = [{"__position": i, "query": r["query"], "candidates": r["candidates"]} for i, r in enumerate(checked)]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from typing import Any
 
 from ce_rerank_plugins._optional import require
+from ce_rerank_plugins._validation import check_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -86,22 +86,13 @@ def uvicorn_config(
         ValueError: ``request_timeout`` is not a positive number of seconds.
         ImportError: uvicorn is not installed (the ``serve`` extra).
     """
-    if request_timeout is None:
-        request_timeout = DEFAULT_REQUEST_TIMEOUT
-    if (
-        isinstance(request_timeout, bool)
-        or not isinstance(request_timeout, int | float)
-        or not math.isfinite(request_timeout)
-        or request_timeout <= 0
-    ):
-        msg = f"request_timeout must be a positive, finite number of seconds, got {request_timeout!r}"
-        raise ValueError(msg)
+    deadline = DEFAULT_REQUEST_TIMEOUT if request_timeout is None else check_seconds(request_timeout, "request_timeout")
     uvicorn = require("uvicorn", "serve", purpose="ce-rerank serve")
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
-        http=_deadline_protocol(float(request_timeout)),
+        http=_deadline_protocol(deadline),
         **kwargs,
     )
