@@ -91,6 +91,9 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args=NODE_ARGS)
+    # Cluster records its address where a plain ray.init() on this machine would find and join it (as
+    # after `ray start`); forget it, so only those given the address use this cluster.
+    ray._common.utils.reset_ray_address()
     worker = cluster.add_node(**NODE_ARGS)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
