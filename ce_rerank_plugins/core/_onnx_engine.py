@@ -54,6 +54,10 @@ PARITY_TEXTS = (
 )
 
 
+#: Why a fast start made earlier cannot run when ONNX Runtime has gone (both the pair and text engines).
+NO_ONNX_RUNTIME = "ONNX Runtime is not installed; install it with: pip install 'ce-rerank-plugins[onnx]'"
+
+
 def fast_start_available() -> bool:
     """True when ONNX Runtime and ``tokenizers`` are installed (the ``onnx`` extra)."""
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "tokenizers"))
@@ -209,7 +213,7 @@ def _pair_export(
     if found is None:
         return None, why_not
     if not fast_start_available():
-        return None, "ONNX Runtime is not installed; install it with: pip install 'ce-rerank-plugins[onnx]'"
+        return None, NO_ONNX_RUNTIME
     graph, runtime = found
     try:
         probe = ProbeAgreement(**runtime["probe"])
@@ -393,7 +397,7 @@ def _text_export(model_dir: Path) -> tuple[tuple[Path, dict[str, Any]] | None, s
     if found is None:
         return None, why_not
     if not fast_start_available():
-        return None, "ONNX Runtime is not installed; install it with: pip install 'ce-rerank-plugins[onnx]'"
+        return None, NO_ONNX_RUNTIME
     try:
         accepted = TextProbe(**found[1]["probe"]).acceptable()
     except (KeyError, TypeError):
