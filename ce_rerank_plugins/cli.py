@@ -246,6 +246,10 @@ def train(
     distill_weight: Annotated[float, typer.Option(help="Recipe: weight of the bi-encoder distillation.")] = 0.5,
     max_queries: Annotated[int, typer.Option(help="Recipe: training questions per set, at most (0: all).")] = 0,
     max_holdout: Annotated[int, typer.Option(help="Recipe: held-out questions per set, at most.")] = 100,
+    holdout_from: Annotated[
+        Path | None,
+        typer.Option(help="Recipe: hold out again the questions of an earlier run's OUT/data (continuing its model)."),
+    ] = None,
     time_budget: Annotated[
         float, typer.Option(help="Recipe: stop training after this many seconds (0: no limit).")
     ] = 0,
@@ -279,6 +283,7 @@ def train(
             distill_weight=distill_weight,
             holdout_fraction=eval_fraction,
             max_holdout=max_holdout,
+            holdout_from=holdout_from,
             max_queries=max_queries,
             time_budget=time_budget,
             threads=threads,
@@ -383,6 +388,7 @@ def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: st
             depth=options["depth"],
             holdout_fraction=options["holdout_fraction"],
             max_holdout=options["max_holdout"],
+            holdout_from=None if options["holdout_from"] is None else str(options["holdout_from"]),
             max_queries=options["max_queries"],
             seed=options["seed"],
         )

@@ -63,6 +63,10 @@ class GroupSettings:
         val_depth: Candidates per held-out question (the first stage's top, as the pipeline sees them).
         max_queries: Training questions per set, at most (0: all).
         seed: Seed for the hold-out split and negative sampling.
+        holdout_from: An earlier build's folder whose held-out questions are held out again (their
+            titles too), for a run that continues from a model trained on that build: a fresh split
+            would validate it on questions it was trained on. Sets that build did not have are split
+            afresh.
     """
 
     mining: str = "bm25"
@@ -75,6 +79,7 @@ class GroupSettings:
     val_depth: int = 20
     max_queries: int = 0
     seed: int = 4
+    holdout_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,7 @@ def prepare_groups(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             msg = f"{name} must be a positive integer, got {value!r}"
             raise ValueError(msg)
+    earlier = _earlier_holdout(settings.holdout_from)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # The manifest goes first and comes back last: files of two builds are never taken for one.
@@ -215,16 +221,23 @@ def prepare_groups(
         keys = sorted({title_of[q] for q in qids})
         rng.shuffle(keys)
         held_keys: set[str] = set()
-        held_count = 0
-        limit = min(settings.max_holdout, max(1, int(len(qids) * settings.holdout_fraction)))
-        by_key: dict[str, list[str]] = {}
-        for q in qids:
-            by_key.setdefault(title_of[q], []).append(q)
-        for key in keys:
-            if held_count >= limit:
-                break
-            held_keys.add(key)
-            held_count += len(by_key[key])
+        if earlier is not None and name in earlier:
+            questions, passages = earlier[name]
+            held_keys = {title_of[q] for q in qids if dataset.queries[q] in questions}
+            held_keys |= {(dataset.corpus[d].get("title") or "").strip() for d in passages if d in position} - {""}
+            # Earlier held-out questions first, so the same ones are validated again under max_holdout.
+            qids.sort(key=lambda q: dataset.queries[q] not in questions)
+        else:
+            held_count = 0
+            limit = min(settings.max_holdout, max(1, int(len(qids) * settings.holdout_fraction)))
+            by_key: dict[str, list[str]] = {}
+            for q in qids:
+                by_key.setdefault(title_of[q], []).append(q)
+            for key in keys:
+                if held_count >= limit:
+                    break
+                held_keys.add(key)
+                held_count += len(by_key[key])
         train_qids = [q for q in qids if title_of[q] not in held_keys]
         held_qids = [q for q in qids if title_of[q] in held_keys][: settings.max_holdout]
         if settings.max_queries:
@@ -284,6 +297,22 @@ def prepare_groups(
     manifest = {"sets": per_set, "settings": asdict(settings), "sources": [str(Path(d)) for d in data_dirs]}
     (out / DATA_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def _earlier_holdout(folder: str | None) -> dict[str, tuple[set[str], set[str]]] | None:
+    """Per set name: the held-out question texts and judged passage ids of an earlier build."""
+    if folder is None:
+        return None
+    path = Path(folder) / VALIDATION_FILE
+    if not path.is_file():
+        msg = f"holdout_from: {str(path)!r} is missing (give the data folder of an earlier build)"
+        raise FileNotFoundError(msg)
+    earlier: dict[str, tuple[set[str], set[str]]] = {}
+    for row in _read_jsonl_gz(path):
+        questions, passages = earlier.setdefault(row["set"], (set(), set()))
+        questions.add(row["query"])
+        passages.update(key.removeprefix(f"{row['set']}/") for key in row["relevant"])
+    return earlier
 
 
 def _first_stage(

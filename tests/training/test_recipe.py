@@ -92,6 +92,39 @@ def test_dense_mining_records_the_bi_encoders_cosines_as_teacher(two_sets, tmp_p
     assert all(-1.0 <= t <= 1.0 for g in groups for t in g.get("teacher", []))
 
 
+def test_a_continued_build_holds_out_the_earlier_builds_questions(two_sets, tmp_path):
+    """Another seed and more held-out questions would move the split; holdout_from keeps the earlier one."""
+    prepare_groups(two_sets, tmp_path / "first", settings=SETTINGS)
+    first = read_gz(tmp_path / "first" / "val_queries.jsonl.gz")
+    later = GroupSettings(
+        **{**SETTINGS.__dict__, "seed": 1, "max_queries": 10, "holdout_from": str(tmp_path / "first")}
+    )
+    manifest = prepare_groups(two_sets, tmp_path / "second", settings=later)
+    second = read_gz(tmp_path / "second" / "val_queries.jsonl.gz")
+    assert [(v["set"], v["query"]) for v in second] == [(v["set"], v["query"]) for v in first]
+    held = {(v["set"], k.split("-")[2]) for v in first for k in v["relevant"]}
+    groups = read_gz(tmp_path / "second" / "train_groups.jsonl.gz")
+    assert len(groups) == 20 and manifest["settings"]["holdout_from"] == str(tmp_path / "first")
+    assert not {(g["set"], g["docs"][0].split("-")[2]) for g in groups} & held
+    assert not {(g["set"], g["query"]) for g in groups} & {(v["set"], v["query"]) for v in first}
+    # Without it, the new seed holds out another article.
+    moved = prepare_groups(
+        two_sets, tmp_path / "third", settings=GroupSettings(**{**later.__dict__, "holdout_from": None})
+    )
+    assert moved["sets"] == manifest["sets"]
+    assert {v["query"] for v in read_gz(tmp_path / "third" / "val_queries.jsonl.gz")} != {v["query"] for v in first}
+    # A set the earlier build did not have is split afresh.
+    prepare_groups(two_sets[:1], tmp_path / "one", settings=SETTINGS)
+    grown = prepare_groups(
+        two_sets,
+        tmp_path / "grown",
+        settings=GroupSettings(**{**later.__dict__, "holdout_from": str(tmp_path / "one")}),
+    )
+    assert grown["sets"]["set-b"]["validation_queries"] == 8
+    with pytest.raises(FileNotFoundError, match="holdout_from: .*val_queries.jsonl.gz' is missing"):
+        prepare_groups(two_sets, tmp_path / "g", settings=GroupSettings(holdout_from=str(tmp_path / "nowhere")))
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
@@ -213,6 +246,12 @@ def test_train_command_runs_the_recipe_and_refuses_to_mix_runs(two_sets, tmp_pat
     assert resumed.exit_code == 0, resumed.output
     assert "reusing the training groups" in resumed.output
     assert json.loads((tmp_path / "run" / "training_run.json").read_text())["steps"] == 3
+    continued = [*args[:4], str(tmp_path / "run2"), "--base", str(tmp_path / "run" / "model"), *args[7:]]
+    continued += [*options, "--holdout-from", str(tmp_path / "run" / "data")]
+    done = runner.invoke(app, continued)
+    assert done.exit_code == 0, done.output
+    first = read_gz(tmp_path / "run" / "data" / "val_queries.jsonl.gz")
+    assert read_gz(tmp_path / "run2" / "data" / "val_queries.jsonl.gz") == first
     other = runner.invoke(app, ["train", "--recipe", "magic", "--out", str(tmp_path / "x"), "--data", str(two_sets[0])])
     assert other.exit_code == 2 and "--recipe must be 'default'" in other.output
     missing = runner.invoke(app, ["train", "--recipe", "default", "--out", str(tmp_path / "y")])
