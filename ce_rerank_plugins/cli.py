@@ -246,6 +246,9 @@ def train(
     distill_weight: Annotated[float, typer.Option(help="Recipe: weight of the bi-encoder distillation.")] = 0.5,
     max_queries: Annotated[int, typer.Option(help="Recipe: training questions per set, at most (0: all).")] = 0,
     max_holdout: Annotated[int, typer.Option(help="Recipe: held-out questions per set, at most.")] = 100,
+    word_sharing: Annotated[
+        int, typer.Option(help="Recipe: extra negatives per question that repeat its words and do not answer it.")
+    ] = 0,
     holdout_from: Annotated[
         Path | None,
         typer.Option(help="Recipe: hold out again the questions of an earlier run's OUT/data (continuing its model)."),
@@ -284,6 +287,7 @@ def train(
             holdout_fraction=eval_fraction,
             max_holdout=max_holdout,
             holdout_from=holdout_from,
+            word_sharing=word_sharing,
             max_queries=max_queries,
             time_budget=time_budget,
             threads=threads,
@@ -389,6 +393,7 @@ def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: st
             holdout_fraction=options["holdout_fraction"],
             max_holdout=options["max_holdout"],
             holdout_from=None if options["holdout_from"] is None else str(options["holdout_from"]),
+            word_sharing=options["word_sharing"],
             max_queries=options["max_queries"],
             seed=options["seed"],
         )

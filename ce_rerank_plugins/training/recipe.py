@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -63,6 +64,10 @@ class GroupSettings:
         val_depth: Candidates per held-out question (the first stage's top, as the pipeline sees them).
         max_queries: Training questions per set, at most (0: all).
         seed: Seed for the hold-out split and negative sampling.
+        word_sharing: Extra negatives per group written from the question itself: its words (the
+            question, or its statement part without the question word) followed by a sentence of a
+            mined negative. They share every word of the question and answer nothing, the distractor
+            a model that rewards overlap ranks first.
         holdout_from: An earlier build's folder whose held-out questions are held out again (their
             titles too), for a run that continues from a model trained on that build: a fresh split
             would validate it on questions it was trained on. Sets that build did not have are split
@@ -79,6 +84,7 @@ class GroupSettings:
     val_depth: int = 20
     max_queries: int = 0
     seed: int = 4
+    word_sharing: int = 0
     holdout_from: str | None = None
 
 
@@ -184,6 +190,13 @@ def prepare_groups(
     if settings.mining not in ("bm25", "dense"):
         msg = f"mining must be 'bm25' or 'dense', got {settings.mining!r}"
         raise ValueError(msg)
+    if (
+        isinstance(settings.word_sharing, bool)
+        or not isinstance(settings.word_sharing, int)
+        or settings.word_sharing < 0
+    ):
+        msg = f"word_sharing must be an integer >= 0, got {settings.word_sharing!r}"
+        raise ValueError(msg)
     for name in ("negatives", "depth", "val_depth", "max_holdout"):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -284,6 +297,12 @@ def prepare_groups(
             }
             if settings.mining == "dense" and all(i in score_of for i in members):
                 group["teacher"] = [round(score_of[i], 6) for i in members]
+            for k, text in enumerate(
+                word_sharing_negatives(dataset.queries[qid], [doc_texts[i] for i in chosen], settings.word_sharing, rng)
+            ):
+                key = f"{name}/~{qid}~{k}"  # no corpus id of a BEIR set starts with "~" and holds "~"s like this
+                texts[key] = text
+                group["docs"].append(key)
             groups.append(group)
             made += 1
         for i in used:
@@ -297,6 +316,37 @@ def prepare_groups(
     manifest = {"sets": per_set, "settings": asdict(settings), "sources": [str(Path(d)) for d in data_dirs]}
     (out / DATA_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+_QUESTION_OPENERS = re.compile(
+    r"^\s*(?:(?:how\s+(?:many|much|long|old|far|big|often|large|tall|high|deep)|how|what|which|who|whom|whose|when"
+    r"|where|why|is|are|was|were|do|does|did|can|could|should|would|will|has|have|had)\b\s*)+",
+    re.IGNORECASE,
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def word_sharing_negatives(question: str, negatives: Sequence[str], count: int, rng: random.Random) -> list[str]:
+    """Up to ``count`` passages that repeat ``question``'s words and go on with a sentence that does not answer.
+
+    Each is the question (as asked, or its statement part without the question word) followed by one
+    sentence of a passage already chosen as a negative, e.g. "How many people live in Lyon? The old town
+    is a UNESCO site." or "people live in Lyon: the old town ...". Nothing is made without a negative to
+    borrow from or for a question with no words left.
+    """
+    sentences = [s.strip() for text in negatives for s in _SENTENCE_END.split(text) if len(s.split()) >= 4]
+    asked = question.strip()
+    statement = _QUESTION_OPENERS.sub("", asked).rstrip(" ?")
+    if not sentences or not count or not statement:
+        return []
+    made = []
+    for k in range(count):
+        sentence = rng.choice(sentences)
+        if k % 2 == 0:
+            made.append(f"{asked.rstrip(' ?')}? {sentence}")
+        else:
+            made.append(f"{statement[0].upper()}{statement[1:]}: {sentence[0].lower()}{sentence[1:]}")
+    return made
 
 
 def _earlier_holdout(folder: str | None) -> dict[str, tuple[set[str], set[str]]] | None:
@@ -588,9 +638,10 @@ def train_listwise(
         loss = logits.new_zeros(())
         for g, s in zip(batch, torch.split(logits, [len(g["docs"]) for g in batch]), strict=True):
             loss = loss - F.log_softmax(s, dim=0)[0]
-            if config.distill_weight > 0 and g.get("teacher") and len(s) > 2:
+            taught = len(g.get("teacher") or ())  # the teacher scores the first members (not written ones)
+            if config.distill_weight > 0 and taught > 2:
                 target = F.softmax(torch.tensor(g["teacher"][1:], device=s.device) / config.tau, dim=0)
-                kl = F.kl_div(F.log_softmax(s[1:], dim=0), target, reduction="sum")
+                kl = F.kl_div(F.log_softmax(s[1:taught], dim=0), target, reduction="sum")
                 loss = loss + config.distill_weight * kl
         loss = loss / len(batch)
         loss.backward()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from ce_rerank_plugins.training.recipe import (
     decide_fusion,
     prepare_groups,
     train_listwise,
+    word_sharing_negatives,
 )
 
 CITIES = {
@@ -81,6 +83,35 @@ def test_groups_hold_out_whole_titles_and_never_use_a_positive_as_negative(two_s
     for v in val:
         assert len(v["docs"]) == len(v["first_stage"]) <= 6
         assert v["first_stage"] == sorted(v["first_stage"], reverse=True)
+
+
+def test_word_sharing_negatives_repeat_the_question_and_borrow_a_non_answering_sentence(two_sets, tmp_path):
+    settings = GroupSettings(**{**SETTINGS.__dict__, "mining": "dense", "word_sharing": 2})
+    prepare_groups(two_sets[:1], tmp_path / "groups", settings=settings)
+    groups = read_gz(tmp_path / "groups" / "train_groups.jsonl.gz")
+    texts = {r["key"]: r["text"] for r in read_gz(tmp_path / "groups" / "texts.jsonl.gz")}
+    for g in groups:
+        assert len(g["docs"]) == 3 + 1 + 2 and len(g.get("teacher", [])) in (0, 4)  # the teacher: real ones only
+        mined = [texts[k] for k in g["docs"][1:4]]
+        asked, stated = (texts[k] for k in g["docs"][4:])
+        assert asked.startswith(g["query"].rstrip("?") + "? ")
+        assert stated.split(": ", 1)[0].lower() in g["query"].lower()
+        assert not stated.startswith("What is ")  # the question word goes ("Tell me ..." has none to drop)
+        for made in (asked, stated):  # the borrowed sentence comes from a mined negative, never the answer
+            tail = made.split("? ", 1)[1] if made is asked else made.split(": ", 1)[1]
+            assert any(tail.lower().rstrip(".") in m.lower() for m in mined)
+            assert tail.lower().rstrip(".") not in texts[g["docs"][0]].lower()
+    rng = random.Random(0)
+    assert word_sharing_negatives("How many?", ["A sentence of four words."], 2, rng) == []  # no words left
+    assert word_sharing_negatives("Where is Lyon?", [], 2, rng) == []  # nothing to borrow
+    assert word_sharing_negatives(
+        "did houston used to be the capital of texas", ["Austin is the capital now."], 2, rng
+    ) == [
+        "did houston used to be the capital of texas? Austin is the capital now.",
+        "Houston used to be the capital of texas: austin is the capital now.",
+    ]
+    with pytest.raises(ValueError, match="word_sharing must be an integer >= 0, got -1"):
+        prepare_groups(two_sets, tmp_path / "g", settings=GroupSettings(word_sharing=-1))
 
 
 def test_dense_mining_records_the_bi_encoders_cosines_as_teacher(two_sets, tmp_path):
