@@ -190,17 +190,11 @@ def prepare_groups(
     if settings.mining not in ("bm25", "dense"):
         msg = f"mining must be 'bm25' or 'dense', got {settings.mining!r}"
         raise ValueError(msg)
-    if (
-        isinstance(settings.word_sharing, bool)
-        or not isinstance(settings.word_sharing, int)
-        or settings.word_sharing < 0
-    ):
-        msg = f"word_sharing must be an integer >= 0, got {settings.word_sharing!r}"
-        raise ValueError(msg)
-    for name in ("negatives", "depth", "val_depth", "max_holdout"):
+    for name, least in (("negatives", 1), ("depth", 1), ("val_depth", 1), ("max_holdout", 1), ("word_sharing", 0)):
         value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            msg = f"{name} must be a positive integer, got {value!r}"
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            kind = "a positive integer" if least else "an integer >= 0"
+            msg = f"{name} must be {kind}, got {value!r}"
             raise ValueError(msg)
     earlier = _earlier_holdout(settings.holdout_from)
     out = Path(out_dir)
