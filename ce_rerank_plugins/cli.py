@@ -1,4 +1,4 @@
-"""The ``ce-rerank`` command: index, query, eval, demo, serve, pairs and train.
+"""The ``ce-rerank`` command: index, query, eval, demo, serve, pairs, train and soup.
 
 Exit codes: 0 success, 1 data or runtime failure (one-line message, no traceback), 2 usage error (bad
 options, checked before any model or index is loaded).
@@ -426,6 +426,45 @@ def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: st
     console.print(
         f"saved {result.model_dir}: step {result.best_step} of {result.steps}, held-out nDCG@10 "
         f"{result.selection:.4f}, fusion {result.fusion[0]} ({result.fusion[1]:g})",
+        markup=False,
+    )
+
+
+@app.command()
+@_user_errors
+def soup(
+    start: Annotated[str, typer.Argument(help="The starting cross-encoder (folder or id).")],
+    end: Annotated[str, typer.Argument(help="A cross-encoder fine-tuned from START (its tokenizer is kept).")],
+    data: Annotated[Path, typer.Option("--data", help="A recipe build's held-out questions: OUT/data of a run.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (OUT/model and OUT/soup_run.json).")],
+    weights: Annotated[str, typer.Option(help="Shares of END to try, comma-separated, each in [0, 1].")] = (
+        "0,0.25,0.5,0.75,1"
+    ),
+    max_length: Annotated[int, typer.Option(help="Token budget of a pair when scoring (the run's).")] = 256,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default).")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Average START's and END's weights, (1 - w) * START + w * END; keep the w the held-out questions prefer."""
+    try:
+        parsed = [float(w) for w in weights.split(",") if w.strip()]
+    except ValueError:
+        fail(f"--weights must be comma-separated numbers in [0, 1], got {weights!r}", 2)
+    from ce_rerank_plugins.training.soup import check_weights, interpolate_on_holdout
+
+    try:
+        check_weights(parsed)
+    except ValueError as exc:
+        fail(f"--weights: {exc}", 2)
+    if max_length < 1:
+        fail(f"--max-length must be >= 1, got {max_length}", 2)
+    result = interpolate_on_holdout(
+        start, end, data, out, weights=parsed, max_length=max_length, threads=threads, device=device
+    )
+    for row in result.tried:
+        note(f"w={row['weight']:g}: held-out nDCG@10 {row['selection']:.4f}")
+    console.print(
+        f"saved {result.model_dir}: w={result.weight:g}, held-out nDCG@10 {result.selection:.4f}, "
+        f"fusion {result.fusion[0]} ({result.fusion[1]:g})",
         markup=False,
     )
 

@@ -1,4 +1,4 @@
-"""Training cross-encoders: the default model's listwise recipe, pairs, hard-negative mining, the ST trainer."""
+"""Training cross-encoders: the default model's listwise recipe and soup, pairs, hard-negative mining, the ST trainer."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from ce_rerank_plugins.training.recipe import (
     prepare_groups,
     train_listwise,
 )
+from ce_rerank_plugins.training.soup import SoupResult, interpolate_on_holdout
 from ce_rerank_plugins.training.trainer import TrainingConfig, TrainingResult, config_to_dict, train_cross_encoder
 
 __all__ = [
@@ -29,12 +30,14 @@ __all__ = [
     "LabeledPair",
     "ListwiseConfig",
     "ListwiseResult",
+    "SoupResult",
     "TrainingConfig",
     "TrainingResult",
     "beir_training_pairs",
     "climate_fever_pairs",
     "config_to_dict",
     "decide_fusion",
+    "interpolate_on_holdout",
     "inverse_cloze_pairs",
     "mine_hard_negatives",
     "prepare_groups",

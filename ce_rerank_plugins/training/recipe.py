@@ -431,6 +431,49 @@ def validation_metrics(val: Sequence[dict[str, Any]], scores: Sequence[np.ndarra
     return summary
 
 
+def read_validation(data_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A build's held-out questions (``VALIDATION_FILE``) and the texts their candidates name."""
+    data = Path(data_dir)
+    for name in (VALIDATION_FILE, TEXTS_FILE):
+        if not (data / name).is_file():
+            msg = f"{str(data / name)!r} is missing: give the data folder of a recipe build (OUT/data)"
+            raise FileNotFoundError(msg)
+    texts = {r["key"]: r["text"] for r in _read_jsonl_gz(data / TEXTS_FILE)}
+    return _read_jsonl_gz(data / VALIDATION_FILE), texts
+
+
+def held_out_metrics(
+    model: Any,
+    tokenizer: Any,
+    val: Sequence[dict[str, Any]],
+    texts: dict[str, str],
+    *,
+    max_length: int,
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """:func:`validation_metrics` of a transformers sequence-classification model's logits (left in eval mode)."""
+    import torch
+
+    pairs = [(e["query"], texts[k]) for e in val for k in e["docs"]]
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i : i + batch_size]
+            enc = tokenizer(
+                [q for q, _ in chunk],
+                [d for _, d in chunk],
+                truncation="longest_first",
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(device)
+            outs.append(model(**enc).logits[:, 0].float().cpu().numpy())
+    scores = np.concatenate(outs) if outs else np.zeros(0)
+    return validation_metrics(val, np.split(scores, np.cumsum([len(e["docs"]) for e in val])[:-1]))
+
+
 def decide_fusion(metrics: dict[str, float], tolerance: float = 0.002) -> tuple[str, float]:
     """The fusion a model should recommend, from its held-out metrics.
 
@@ -532,10 +575,9 @@ def train_listwise(
             msg = f"{str(data / name)!r} is missing: build the groups first (prepare_groups / ce-rerank train --data)"
             raise FileNotFoundError(msg)
     groups = _read_jsonl_gz(data / GROUPS_FILE)
-    val = _read_jsonl_gz(data / VALIDATION_FILE)
+    val, texts = read_validation(data)
     if max_val:
         val = val[:max_val]
-    texts = {r["key"]: r["text"] for r in _read_jsonl_gz(data / TEXTS_FILE)}
     if not groups or not val:
         msg = f"{data} holds {len(groups)} training groups and {len(val)} validation questions; both must be > 0"
         raise ValueError(msg)
@@ -567,29 +609,9 @@ def train_listwise(
         scheduler.load_state_dict(saved["scheduler"])
         logger.info("resuming at step %d from %s", state["step"], checkpoint)
 
-    def score(pairs: list[tuple[str, str]]) -> np.ndarray:
-        model.eval()
-        outs = []
-        with torch.inference_mode():
-            for i in range(0, len(pairs), 64):
-                chunk = pairs[i : i + 64]
-                enc = tokenizer(
-                    [q for q, _ in chunk],
-                    [d for _, d in chunk],
-                    truncation="longest_first",
-                    max_length=config.max_length,
-                    padding=True,
-                    return_tensors="pt",
-                ).to(device)
-                outs.append(model(**enc).logits[:, 0].float().cpu().numpy())
-        model.train()
-        return np.concatenate(outs) if outs else np.zeros(0)
-
     def validate(step: int) -> None:
-        flat = [(e["query"], texts[k]) for e in val for k in e["docs"]]
-        scores = score(flat)
-        split = np.cumsum([len(e["docs"]) for e in val])[:-1]
-        metrics = validation_metrics(val, np.split(scores, split))
+        metrics = held_out_metrics(model, tokenizer, val, texts, max_length=config.max_length, device=device)
+        model.train()
         state["history"].append({"step": step, **metrics})
         logger.info(
             "step %d: selection %.4f (first stage %.4f)", step, metrics["selection"], metrics["mean/first/ndcg@10"]

@@ -287,3 +287,80 @@ def test_train_command_runs_the_recipe_and_refuses_to_mix_runs(two_sets, tmp_pat
     assert other.exit_code == 2 and "--recipe must be 'default'" in other.output
     missing = runner.invoke(app, ["train", "--recipe", "default", "--out", str(tmp_path / "y")])
     assert missing.exit_code == 2 and "no training data" in missing.output
+
+
+def test_soup_keeps_the_held_out_best_interpolation_and_reproduces_both_ends(two_sets, tmp_path, tiny_ce_path):
+    """w=0 scores as the start, w=1 as the fine-tuned end; the kept model is the chosen mix, fp16 on disk."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ce_rerank_plugins.training.recipe import held_out_metrics, read_validation
+    from ce_rerank_plugins.training.soup import interpolate_on_holdout
+
+    prepare_groups(two_sets, tmp_path / "groups", settings=SETTINGS)
+    config = ListwiseConfig(
+        base_model=str(tiny_ce_path), max_steps=4, groups_per_step=4, learning_rate=1e-3, max_length=64,
+        eval_steps=4, threads=1, device="cpu",
+    )  # fmt: skip
+    trained = tmp_path / "run" / "checkpoint"  # the last weights, whatever validation kept
+    train_listwise(tmp_path / "groups", tmp_path / "run", config)
+    result = interpolate_on_holdout(
+        tiny_ce_path, trained, tmp_path / "groups", tmp_path / "soup", weights=[1, 0.5, 0], max_length=64,
+        threads=1, device="cpu",
+    )  # fmt: skip
+    assert [row["weight"] for row in result.tried] == [0.0, 0.5, 1.0]
+    val, texts = read_validation(tmp_path / "groups")
+    for source, row in ((tiny_ce_path, result.tried[0]), (trained, result.tried[-1])):
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, dtype=torch.float32)
+        expected = held_out_metrics(model, AutoTokenizer.from_pretrained(source), val, texts, max_length=64)
+        assert row["selection"] == expected["selection"], source
+    best = max(result.tried, key=lambda row: row["selection"])  # max() keeps the first (smallest w) of a tie
+    assert result.weight == best["weight"] and result.selection == best["selection"]
+    record = json.loads((tmp_path / "soup" / "soup_run.json").read_text())
+    assert record["weight"] == result.weight and len(record["tried"]) == 3
+    a, b, kept = weights(tiny_ce_path), weights(trained), weights(tmp_path / "soup" / "model")
+    w = result.weight
+    for name in kept:
+        mixed = (1 - w) * a[name].astype(np.float32) + w * b[name].astype(np.float32)
+        np.testing.assert_allclose(kept[name].astype(np.float32), mixed, atol=2e-3, rtol=2e-3, err_msg=name)
+    reranker = CrossEncoderReranker(tmp_path / "soup" / "model", precision="fp32")
+    assert reranker.fusion == record["fusion"][0]
+    assert len(reranker.rank("What is Lyon known for?", ["Lyon silk", "Porto wine"])) == 2
+
+
+@pytest.mark.parametrize(
+    ("grid", "match"),
+    [([], "non-empty"), ("0.5", "non-empty"), ([0.5, float("nan")], "nan"), ([1.5], "1.5"), ([True], "True")],
+)
+def test_soup_weights_must_be_numbers_in_the_unit_interval(grid, match):
+    from ce_rerank_plugins.training.soup import check_weights
+
+    with pytest.raises(ValueError, match=match):
+        check_weights(grid)
+
+
+def test_soup_refuses_models_of_different_shape(tmp_path, tiny_ce_path, tiny_nli_path):
+    from ce_rerank_plugins.training.soup import interpolate_state
+
+    a, b = weights(tiny_ce_path), weights(tiny_nli_path)
+    import torch
+
+    start = {k: torch.from_numpy(v) for k, v in a.items()}
+    end = {k: torch.from_numpy(v) for k, v in b.items()}
+    with pytest.raises(ValueError, match="do not share one architecture"):
+        interpolate_state(start, end, 0.5)
+    with pytest.raises(ValueError, match="do not share one architecture"):
+        interpolate_state(start, {k: v for k, v in start.items() if "classifier" not in k}, 0.5)
+    mid = interpolate_state(start, start, 0.5)
+    assert all(torch.equal(mid[k], start[k]) for k in start) and all(mid[k] is not start[k] for k in start)
+
+
+def test_soup_command_checks_its_options_before_loading(tmp_path):
+    runner = CliRunner()
+    base = ["soup", "/nonexistent/a", "/nonexistent/b", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    bad = runner.invoke(app, [*base, "--weights", "0,half"])
+    assert bad.exit_code == 2 and "--weights must be comma-separated numbers" in bad.output
+    outside = runner.invoke(app, [*base, "--weights", "0,2"])
+    assert outside.exit_code == 2 and "in [0, 1], got 2.0" in outside.output
+    missing = runner.invoke(app, base)
+    assert missing.exit_code == 1 and "val_queries.jsonl.gz" in missing.output and "is missing" in missing.output
