@@ -358,6 +358,12 @@ def train(
     console.print(f"saved {result.model_dir} (best {result.primary_metric} = {result.best_metric})", markup=False)
 
 
+def _log_progress(name: str) -> None:
+    """Long jobs report each stage (validations, held-out scores) unless --quiet: INFO for that logger only."""
+    if not _OUTPUT["quiet"] and logging.getLogger(name).getEffectiveLevel() > logging.INFO:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: str | None, **options: Any) -> None:
     """``ce-rerank train --recipe default``: build the groups once, then train (resuming when asked)."""
     from ce_rerank_plugins.core import bundled_model_dir
@@ -369,6 +375,7 @@ def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: st
         train_listwise,
     )
 
+    _log_progress("ce_rerank_plugins.training")
     checkpoint = out / "checkpoint" / "state.json"
     if checkpoint.is_file() and not options["resume"]:
         fail(f"{out} holds a checkpoint of an earlier run: pass --resume to continue it, or choose another --out", 2)
@@ -457,11 +464,10 @@ def soup(
         fail(f"--weights: {exc}", 2)
     if max_length < 1:
         fail(f"--max-length must be >= 1, got {max_length}", 2)
+    _log_progress("ce_rerank_plugins.training")
     result = interpolate_on_holdout(
         start, end, data, out, weights=parsed, max_length=max_length, threads=threads, device=device
     )
-    for row in result.tried:
-        note(f"w={row['weight']:g}: held-out nDCG@10 {row['selection']:.4f}")
     console.print(
         f"saved {result.model_dir}: w={result.weight:g}, held-out nDCG@10 {result.selection:.4f}, "
         f"fusion {result.fusion[0]} ({result.fusion[1]:g})",

@@ -1,4 +1,4 @@
-"""Training cross-encoders: the default model's listwise recipe and soup, pairs, hard-negative mining, the ST trainer."""
+"""Training cross-encoders: the default recipe and its soup, pairs, hard-negative mining, the ST trainer."""
 
 from __future__ import annotations
 

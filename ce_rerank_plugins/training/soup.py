@@ -13,6 +13,7 @@ recipe's validation does) and keeps the best one, with the fusion it recommends,
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ce_rerank_plugins.training.recipe import decide_fusion, held_out_metrics, read_validation, save_cross_encoder
+
+logger = logging.getLogger(__name__)
 
 #: Shares of the fine-tuned model tried by default (0.0 is the starting model, 1.0 the fine-tuned one).
 DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -140,6 +143,9 @@ def interpolate_on_holdout(
         model.load_state_dict(interpolate_state(start_state, end_state, w))
         metrics = held_out_metrics(model, tokenizer, val, texts, max_length=max_length, device=device)
         tried.append({"weight": w, **metrics})
+        logger.info(
+            "w=%g: held-out nDCG@10 %.4f (first stage %.4f)", w, metrics["selection"], metrics["mean/first/ndcg@10"]
+        )
         if best is None or metrics["selection"] > best["selection"]:
             best = tried[-1]
     assert best is not None  # the grid is never empty

@@ -270,6 +270,7 @@ def test_train_command_runs_the_recipe_and_refuses_to_mix_runs(two_sets, tmp_pat
     done = runner.invoke(app, args + options)
     assert done.exit_code == 0, done.output
     assert "set-a: " in done.output and "held-out nDCG@10" in done.output
+    assert "step 2: selection" in done.output, "each validation is reported while the run goes on"
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     again = runner.invoke(app, args + options)
     assert again.exit_code == 2 and "pass --resume" in again.output
@@ -325,6 +326,14 @@ def test_soup_keeps_the_held_out_best_interpolation_and_reproduces_both_ends(two
         np.testing.assert_allclose(kept[name].astype(np.float32), mixed, atol=2e-3, rtol=2e-3, err_msg=name)
     reranker = CrossEncoderReranker(tmp_path / "soup" / "model", precision="fp32")
     assert reranker.fusion == record["fusion"][0]
+    args = ["soup", str(tiny_ce_path), str(trained), "--data", str(tmp_path / "groups"), "--out", str(tmp_path / "s2")]
+    done = CliRunner().invoke(
+        app, [*args, "--weights", "1,0", "--max-length", "64", "--threads", "1", "--device", "cpu"]
+    )
+    assert done.exit_code == 0, done.output
+    assert "w=0: held-out nDCG@10" in done.output and "w=1: held-out nDCG@10" in done.output
+    kept = json.loads((tmp_path / "s2" / "soup_run.json").read_text())["weight"]
+    assert f"saved {tmp_path / 's2' / 'model'}: w={kept:g}" in done.output
     assert len(reranker.rank("What is Lyon known for?", ["Lyon silk", "Porto wine"])) == 2
 
 
