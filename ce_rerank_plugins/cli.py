@@ -244,6 +244,10 @@ def train(
         str, typer.Option(help="Recipe: first stage that mines negatives: bm25 | dense (its cosines also teach).")
     ] = "bm25",
     distill_weight: Annotated[float, typer.Option(help="Recipe: weight of the bi-encoder distillation.")] = 0.5,
+    misleading_share: Annotated[
+        float,
+        typer.Option(help="Recipe: least share of groups where a negative shares more question words than the answer."),
+    ] = 0.0,
     max_queries: Annotated[int, typer.Option(help="Recipe: training questions per set, at most (0: all).")] = 0,
     max_holdout: Annotated[int, typer.Option(help="Recipe: held-out questions per set, at most.")] = 100,
     word_sharing: Annotated[
@@ -284,6 +288,7 @@ def train(
             same_title=same_title,
             mining=mining,
             distill_weight=distill_weight,
+            misleading_share=misleading_share,
             holdout_fraction=eval_fraction,
             max_holdout=max_holdout,
             holdout_from=holdout_from,
@@ -423,6 +428,7 @@ def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: st
         learning_rate=options["lr"],
         max_length=options["max_length"],
         distill_weight=options["distill_weight"],
+        misleading_share=options["misleading_share"],
         eval_steps=options["eval_steps"],
         time_budget=options["time_budget"],
         threads=options["threads"],

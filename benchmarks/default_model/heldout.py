@@ -11,14 +11,13 @@ model it did not (the starting model of another run, a model from elsewhere).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 from pathlib import Path
 
-import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from ce_rerank_plugins import CrossEncoderReranker
-from ce_rerank_plugins.training.recipe import FUSION_GRID, TEXTS_FILE, VALIDATION_FILE, validation_metrics
+from ce_rerank_plugins.training.recipe import FUSION_GRID, held_out_metrics, read_validation
 
 
 def main() -> None:
@@ -28,15 +27,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=192, help="Token budget of a pair (the run's).")
     parser.add_argument("--out", type=Path, help="Where to write the JSON.")
     args = parser.parse_args()
-    with gzip.open(args.data / VALIDATION_FILE, "rt", encoding="utf-8") as fh:
-        val = [json.loads(line) for line in fh]
-    with gzip.open(args.data / TEXTS_FILE, "rt", encoding="utf-8") as fh:
-        texts = {row["key"]: row["text"] for row in map(json.loads, fh)}
-    reranker = CrossEncoderReranker(args.model, precision="fp32", max_length=args.max_length, fusion="none")
-    scores = [
-        np.asarray(reranker.predict([(e["query"], texts[k]) for k in e["docs"]], score_mode="logits")) for e in val
-    ]
-    metrics = validation_metrics(val, scores)
+    val, texts = read_validation(args.data)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=1, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    metrics = held_out_metrics(model, tokenizer, val, texts, max_length=args.max_length)
     sets = [*sorted({e["set"] for e in val}), "mean"]
     labels = ["first", "ce", *(f"fused{w:g}" for w in FUSION_GRID[:-1])]
     print("set".ljust(28) + "".join(label.rjust(10) for label in labels))

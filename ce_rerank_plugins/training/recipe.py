@@ -106,6 +106,11 @@ class ListwiseConfig:
         threads: Torch CPU threads (0: torch's default).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         seed: Seed for shuffling and dropout.
+        misleading_share: At least this share of the groups trained on are ones where a negative shares
+            more of the question's words than the answer (:func:`overlap_misleads`), repeated as needed
+            (0: the data's own share). In labelled questions written from their passage (SQuAD) the
+            answer is nearly always the passage with the most question words, so a model learns to
+            count words; these groups are where counting fails.
     """
 
     base_model: str
@@ -121,6 +126,7 @@ class ListwiseConfig:
     threads: int = 0
     device: str = "auto"
     seed: int = 4
+    misleading_share: float = 0.0
 
 
 @dataclass
@@ -318,6 +324,53 @@ _QUESTION_OPENERS = re.compile(
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+_WORD = re.compile(r"\w+")
+#: Words that say nothing of a question's subject; every other word of it is a content word.
+_FUNCTION_WORDS_TEXT = (
+    "a an the of in on at to for by with from as and or not is are was were be been being do does did has"
+    " have had what which who whom whose when where why how that this these those it its there their they"
+    " he she his her i you your my me we our us can could should would will shall may might must"
+)
+_FUNCTION_WORDS = frozenset(_FUNCTION_WORDS_TEXT.split())
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _FUNCTION_WORDS}
+
+
+def overlap_misleads(question: str, answer: str, negatives: Sequence[str]) -> bool:
+    """True when some negative contains more of ``question``'s content words than ``answer`` does.
+
+    Content words are lowercased words other than function words ("the", "how", "is", ...).
+    """
+    asked = _content_words(question)
+    shared = len(asked & _content_words(answer))
+    return any(len(asked & _content_words(text)) > shared for text in negatives)
+
+
+def training_order(
+    groups: Sequence[dict[str, Any]], texts: dict[str, str], misleading_share: float, seed: int
+) -> list[int]:
+    """The order groups are trained in: each once, shuffled, with misleading groups repeated up to a share.
+
+    Groups where word overlap misleads (:func:`overlap_misleads`) are repeated until they make up
+    ``misleading_share`` of the order (never fewer than the data holds).
+    """
+    order = list(range(len(groups)))
+    if misleading_share > 0:
+        misleading = [
+            i
+            for i, g in enumerate(groups)
+            if overlap_misleads(g["query"], texts[g["docs"][0]], [texts[k] for k in g["docs"][1:]])
+        ]
+        rest = len(groups) - len(misleading)
+        wanted = math.ceil(misleading_share * rest / (1.0 - misleading_share))
+        if misleading and wanted > len(misleading):
+            order += [misleading[k % len(misleading)] for k in range(len(misleading), wanted)]
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def word_sharing_negatives(question: str, negatives: Sequence[str], count: int, rng: random.Random) -> list[str]:
@@ -569,6 +622,10 @@ def train_listwise(
     if not config.learning_rate > 0 or not config.distill_weight >= 0 or not config.tau > 0:
         msg = "learning_rate and tau must be > 0 and distill_weight >= 0 (NaN is neither)"
         raise ValueError(msg)
+    share = config.misleading_share
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
+        msg = f"misleading_share must be a number in [0, 1), got {share!r}"
+        raise ValueError(msg)
     data, out = Path(data_dir), Path(out_dir)
     for name in (GROUPS_FILE, VALIDATION_FILE, TEXTS_FILE, DATA_MANIFEST):
         if not (data / name).is_file():
@@ -633,8 +690,7 @@ def train_listwise(
     if state["step"] == 0 and not state["history"]:
         validate(0)  # the starting point, so a run that only hurts keeps its base
         save_checkpoint()
-    order = list(range(len(groups)))
-    random.Random(config.seed).shuffle(order)
+    order = training_order(groups, texts, config.misleading_share, config.seed)
     t0 = time.perf_counter()
     model.train()
     while state["step"] < config.max_steps:

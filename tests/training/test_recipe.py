@@ -18,8 +18,10 @@ from ce_rerank_plugins.training.recipe import (
     GroupSettings,
     ListwiseConfig,
     decide_fusion,
+    overlap_misleads,
     prepare_groups,
     train_listwise,
+    training_order,
     word_sharing_negatives,
 )
 
@@ -373,3 +375,32 @@ def test_soup_command_checks_its_options_before_loading(tmp_path):
     assert outside.exit_code == 2 and "in [0, 1], got 2.0" in outside.output
     missing = runner.invoke(app, base)
     assert missing.exit_code == 1 and "val_queries.jsonl.gz" in missing.output and "is missing" in missing.output
+
+
+def test_overlap_misleads_when_a_negative_shares_more_of_the_questions_content_words():
+    question = "How many people live in Lyon?"
+    census = "Lyon counted roughly 522,000 residents at the last census."
+    assert overlap_misleads(question, census, ["Many people who live in Lyon work in health."])
+    assert not overlap_misleads(question, census, ["Porto is known for its wine."])
+    # Function words ("how", "in") do not count; an equal count does not mislead.
+    assert not overlap_misleads(question, "People live in Lyon.", ["How many, in Lyon, live?"])
+
+
+def test_training_order_repeats_misleading_groups_up_to_the_share_and_keeps_every_group():
+    texts = {"ans": "Lyon counted 522,000 residents.", "far": "Porto wine.", "near": "People live in Lyon and work."}
+    misleading = {"query": "How many people live in Lyon?", "docs": ["ans", "near", "far"]}
+    plain = {"query": "How many people live in Lyon?", "docs": ["ans", "far"]}
+    groups = [misleading, *[plain] * 9]
+    assert training_order(groups, texts, 0.0, seed=3) == training_order(groups, texts, 0.0, seed=3)
+    assert sorted(training_order(groups, texts, 0.0, seed=3)) == list(range(10)), "each group once"
+    order = training_order(groups, texts, 0.5, seed=3)
+    assert sorted(set(order)) == list(range(10)) and order.count(0) == 9, "nine plain groups, nine misleading"
+    assert order == training_order(groups, texts, 0.5, seed=3), "a resumed run walks the same order"
+    assert training_order(groups, texts, 0.05, seed=3).count(0) == 1, "never fewer than the data holds"
+
+
+@pytest.mark.parametrize("share", [1.0, -0.1, float("nan"), True, "0.5"])
+def test_a_bad_misleading_share_is_named_before_anything_loads(tmp_path, share):
+    config = ListwiseConfig(base_model="/nonexistent", misleading_share=share)
+    with pytest.raises(ValueError, match="misleading_share must be a number in"):
+        train_listwise(tmp_path / "groups", tmp_path / "run", config)
