@@ -446,18 +446,20 @@ def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: st
 @app.command()
 @_user_errors
 def soup(
-    start: Annotated[str, typer.Argument(help="The starting cross-encoder (folder or id).")],
-    end: Annotated[str, typer.Argument(help="A cross-encoder fine-tuned from START (its tokenizer is kept).")],
+    end: Annotated[str, typer.Argument(help="A cross-encoder fine-tuned from --start (its tokenizer is kept).")],
     data: Annotated[Path, typer.Option("--data", help="A recipe build's held-out questions: OUT/data of a run.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (OUT/model and OUT/soup_run.json).")],
     weights: Annotated[str, typer.Option(help="Shares of END to try, comma-separated, each in [0, 1].")] = (
         "0,0.25,0.5,0.75,1"
     ),
+    start: Annotated[
+        str | None, typer.Option("--start", help="The model END was trained from (default: the bundled model).")
+    ] = None,
     max_length: Annotated[int, typer.Option(help="Token budget of a pair when scoring (the run's).")] = 256,
     threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
-    """Average START's and END's weights, (1 - w) * START + w * END; keep the w the held-out questions prefer."""
+    """Average weights, (1 - w) * START + w * END, at the w that END's held-out questions prefer."""
     try:
         parsed = [float(w) for w in weights.split(",") if w.strip()]
     except ValueError:
@@ -470,6 +472,13 @@ def soup(
         fail(f"--weights: {exc}", 2)
     if max_length < 1:
         fail(f"--max-length must be >= 1, got {max_length}", 2)
+    if start is None:
+        from ce_rerank_plugins.core import bundled_model_dir
+
+        bundled = bundled_model_dir()
+        if bundled is None:
+            fail("this build bundles no model: pass --start PATH (the model END was trained from)", 2)
+        start = str(bundled)
     _log_progress("ce_rerank_plugins.training")
     result = interpolate_on_holdout(
         start, end, data, out, weights=parsed, max_length=max_length, threads=threads, device=device

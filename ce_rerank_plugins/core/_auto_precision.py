@@ -14,6 +14,7 @@ reason. An explicit ``precision=`` never comes here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -95,7 +96,9 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+@functools.cache
 def _cpu_model() -> str:
+    """The CPU's model name (read once: it is part of every measurement's key and never changes)."""
     try:
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             if line.startswith("model name"):

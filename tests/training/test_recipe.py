@@ -328,7 +328,8 @@ def test_soup_keeps_the_held_out_best_interpolation_and_reproduces_both_ends(two
         np.testing.assert_allclose(kept[name].astype(np.float32), mixed, atol=2e-3, rtol=2e-3, err_msg=name)
     reranker = CrossEncoderReranker(tmp_path / "soup" / "model", precision="fp32")
     assert reranker.fusion == record["fusion"][0]
-    args = ["soup", str(tiny_ce_path), str(trained), "--data", str(tmp_path / "groups"), "--out", str(tmp_path / "s2")]
+    args = ["soup", str(trained), "--start", str(tiny_ce_path), "--data", str(tmp_path / "groups")]
+    args += ["--out", str(tmp_path / "s2")]
     done = CliRunner().invoke(
         app, [*args, "--weights", "1,0", "--max-length", "64", "--threads", "1", "--device", "cpu"]
     )
@@ -368,7 +369,16 @@ def test_soup_refuses_models_of_different_shape(tmp_path, tiny_ce_path, tiny_nli
 
 def test_soup_command_checks_its_options_before_loading(tmp_path):
     runner = CliRunner()
-    base = ["soup", "/nonexistent/a", "/nonexistent/b", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    base = [
+        "soup",
+        "/nonexistent/b",
+        "--start",
+        "/nonexistent/a",
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     bad = runner.invoke(app, [*base, "--weights", "0,half"])
     assert bad.exit_code == 2 and "--weights must be comma-separated numbers" in bad.output
     outside = runner.invoke(app, [*base, "--weights", "0,2"])
