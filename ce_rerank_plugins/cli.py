@@ -246,7 +246,7 @@ def train(
     distill_weight: Annotated[float, typer.Option(help="Recipe: weight of the bi-encoder distillation.")] = 0.5,
     misleading_share: Annotated[
         float,
-        typer.Option(help="Recipe: least share of groups where a negative shares more question words than the answer."),
+        typer.Option(help="Recipe: train at least this share on groups where a negative shares more question words."),
     ] = 0.0,
     max_queries: Annotated[int, typer.Option(help="Recipe: training questions per set, at most (0: all).")] = 0,
     max_holdout: Annotated[int, typer.Option(help="Recipe: held-out questions per set, at most.")] = 100,
@@ -365,8 +365,7 @@ def train(
 
 def _log_progress(name: str) -> None:
     """Long jobs report each stage (validations, held-out scores) unless --quiet: INFO for that logger only."""
-    if not _OUTPUT["quiet"] and logging.getLogger(name).getEffectiveLevel() > logging.INFO:
-        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger(name).setLevel(logging.NOTSET if _OUTPUT["quiet"] else logging.INFO)
 
 
 def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: str | None, **options: Any) -> None:

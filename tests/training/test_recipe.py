@@ -282,8 +282,9 @@ def test_train_command_runs_the_recipe_and_refuses_to_mix_runs(two_sets, tmp_pat
     assert json.loads((tmp_path / "run" / "training_run.json").read_text())["steps"] == 3
     continued = [*args[:4], str(tmp_path / "run2"), "--base", str(tmp_path / "run" / "model"), *args[7:]]
     continued += [*options, "--holdout-from", str(tmp_path / "run" / "data")]
-    done = runner.invoke(app, continued)
+    done = runner.invoke(app, ["--quiet", *continued])
     assert done.exit_code == 0, done.output
+    assert "selection" not in done.output, "--quiet leaves out the progress lines"
     first = read_gz(tmp_path / "run" / "data" / "val_queries.jsonl.gz")
     assert read_gz(tmp_path / "run2" / "data" / "val_queries.jsonl.gz") == first
     other = runner.invoke(app, ["train", "--recipe", "magic", "--out", str(tmp_path / "x"), "--data", str(two_sets[0])])
