@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -534,8 +533,8 @@ def index(
         fail(f"--actors must be >= 1, got {actors}", 2)
     if (address or stall_timeout is not None) and not ray:
         fail("--address and --stall-timeout are for --ray", 2)
-    if stall_timeout is not None and not (math.isfinite(stall_timeout) and stall_timeout > 0):
-        fail(f"--stall-timeout must be a positive number of seconds, got {stall_timeout}", 2)
+    if stall_timeout is not None:
+        _check_seconds_option(stall_timeout, "--stall-timeout")
     check_save_target(out)  # before any embedding work
     encode = None
     if ray:
@@ -794,6 +793,16 @@ def eval_command(
     note(f"wrote {json_path} and {png_path}")
 
 
+def _check_seconds_option(value: float, name: str) -> None:
+    """A usage error (exit 2) unless ``value`` is a positive, finite number of seconds."""
+    from ce_rerank_plugins._validation import check_seconds
+
+    try:
+        check_seconds(value, name)
+    except ValueError as exc:
+        fail(str(exc), 2)
+
+
 def _check_host(host: str) -> None:
     """Refuse a --host that is no address at all (``256.1.1.1``) before anything loads."""
     import ipaddress
@@ -841,8 +850,8 @@ def serve(
         fail("--address, --replicas, --max-replicas and --cpus-per-replica are for --ray", 2)
     if ray and request_timeout is not None:
         fail("--request-timeout is for the uvicorn server; with --ray, Ray Serve's proxy handles connections", 2)
-    if request_timeout is not None and not (math.isfinite(request_timeout) and request_timeout > 0):
-        fail(f"--request-timeout must be a positive number of seconds, got {request_timeout}", 2)
+    if request_timeout is not None:
+        _check_seconds_option(request_timeout, "--request-timeout")
     _check_host(host)
     from ce_rerank_plugins.serve import ServeLimits, create_app
 

@@ -117,5 +117,9 @@ def test_cli_ray_options_are_usage_errors_without_ray(tmp_path):
     assert result.exit_code == 2 and "--address and --stall-timeout are for --ray" in result.output
     result = CliRunner().invoke(app, ["index", str(tmp_path), "--out", str(tmp_path / "o"), "--stall-timeout", "5"])
     assert result.exit_code == 2 and "are for --ray" in result.output
+    for bad in ("0", "inf", "nan"):
+        args = ["index", str(tmp_path), "--out", str(tmp_path / "o"), "--ray", "--stall-timeout", bad]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and "--stall-timeout must be a positive, finite number" in result.output, bad
     served = CliRunner().invoke(app, ["serve", "--replicas", "2"])
     assert served.exit_code == 2 and "are for --ray" in served.output

@@ -543,8 +543,8 @@ def test_serve_refuses_an_impossible_host_before_loading_anything(host):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--request-timeout", "0"], "--request-timeout must be a positive number"),
-        (["--request-timeout", "nan"], "--request-timeout must be a positive number"),
+        (["--request-timeout", "0"], "--request-timeout must be a positive, finite number of seconds"),
+        (["--request-timeout", "nan"], "--request-timeout must be a positive, finite number of seconds"),
         (["--ray", "--request-timeout", "5"], "--request-timeout is for the uvicorn server"),
     ],
 )
