@@ -362,6 +362,16 @@ def train(
     console.print(f"saved {result.model_dir} (best {result.primary_metric} = {result.best_metric})", markup=False)
 
 
+def _bundled_start(option: str) -> str:
+    """The bundled model's folder, the default starting point of training; a usage error naming ``option`` if none."""
+    from ce_rerank_plugins.core import bundled_model_dir
+
+    bundled = bundled_model_dir()
+    if bundled is None:
+        fail(f"this build bundles no model to start from: pass {option} PATH", 2)
+    return str(bundled)
+
+
 def _log_progress(name: str) -> None:
     """Long jobs report each stage (validations, held-out scores) unless --quiet: INFO for that logger only."""
     logging.getLogger(name).setLevel(logging.NOTSET if _OUTPUT["quiet"] else logging.INFO)
@@ -369,7 +379,6 @@ def _log_progress(name: str) -> None:
 
 def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: str | None, **options: Any) -> None:
     """``ce-rerank train --recipe default``: build the groups once, then train (resuming when asked)."""
-    from ce_rerank_plugins.core import bundled_model_dir
     from ce_rerank_plugins.training.recipe import (
         DATA_MANIFEST,
         GroupSettings,
@@ -383,10 +392,7 @@ def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: st
     if checkpoint.is_file() and not options["resume"]:
         fail(f"{out} holds a checkpoint of an earlier run: pass --resume to continue it, or choose another --out", 2)
     if base is None:
-        bundled = bundled_model_dir()
-        if bundled is None:
-            fail("this build bundles no model to start from: pass --base PATH", 2)
-        base = str(bundled)
+        base = _bundled_start("--base")
     groups_dir = out / "data"
     sources = [str(d) for d in data]
     manifest = groups_dir / DATA_MANIFEST
@@ -471,12 +477,7 @@ def soup(
     if max_length < 1:
         fail(f"--max-length must be >= 1, got {max_length}", 2)
     if start is None:
-        from ce_rerank_plugins.core import bundled_model_dir
-
-        bundled = bundled_model_dir()
-        if bundled is None:
-            fail("this build bundles no model: pass --start PATH (the model END was trained from)", 2)
-        start = str(bundled)
+        start = _bundled_start("--start")
     _log_progress("ce_rerank_plugins.training")
     result = interpolate_on_holdout(
         start, end, data, out, weights=parsed, max_length=max_length, threads=threads, device=device
