@@ -100,9 +100,9 @@ def sample_index(sample_records):
     return index
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """One real local Ray (2 CPUs) for the whole test session, shut down at its end."""
+    """One real local Ray (2 CPUs) for a test module, shut down at its end (no Ray outlives its tests)."""
     ray = pytest.importorskip("ray", reason="the ray extra is part of the dev install")
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")

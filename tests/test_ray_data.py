@@ -12,6 +12,9 @@ from ce_rerank_plugins import CrossEncoderReranker
 from ce_rerank_plugins.cli import app
 from ce_rerank_plugins.retrieval import Embedder
 
+# Ray tests share one test worker: a second Ray on this machine would compete for its CPUs and ports.
+pytestmark = pytest.mark.xdist_group("ray")
+
 QUESTIONS = [
     "How many people live in Lyon?",
     "What water temperature should I use to brew coffee?",

@@ -175,8 +175,29 @@ def run_shell(example: Example, servers: list[subprocess.Popen[bytes]]) -> None:
     )
 
 
+def _starts_ray(page: Path) -> bool:
+    """Whether an example the test runs starts Ray (``--ray`` outside a comment)."""
+    return any(
+        "--ray" in line.split("#")[0]
+        for example in examples(page)
+        if "not-run" not in example.options
+        for line in example.code.splitlines()
+    )
+
+
+def _page_param(page: Path) -> object:
+    # A page that starts Ray runs on the Ray tests' worker (make test's xdist_group "ray"): two Ray
+    # instances on one machine make a plain ray.init() or state query ask which one to join.
+    marks = [pytest.mark.xdist_group("ray")] if _starts_ray(page) else []
+    return pytest.param(page, marks=marks, id=page.relative_to(REPO).with_suffix("").as_posix())
+
+
+def test_the_pages_that_start_ray_share_the_ray_worker():
+    assert [p.name for p in PAGES if _starts_ray(p)] == ["serving.md"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).with_suffix("").as_posix())
+@pytest.mark.parametrize("page", [_page_param(p) for p in PAGES])
 def test_page_examples_run_as_printed(page, workdir):
     namespace: dict[str, object] = {"__name__": "__main__"}
     servers: list[subprocess.Popen[bytes]] = []

@@ -13,6 +13,9 @@ import pytest
 
 from tests.serve.test_serve import _free_port
 
+# Ray tests share one test worker: a second Ray on this machine would compete for its CPUs and ports.
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 def test_ray_settings_are_checked_and_translated():
     from ce_rerank_plugins.serve._ray import RayServeSettings
