@@ -6,10 +6,9 @@ STAMP  := $(VENV)/.installed
 # The CPU build of torch lies on this machine kind's disk; an unpinned torch would pull a CUDA build.
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist). 0 (the default) runs everything in one process, as CI does. Two workers
-# (PYTEST_WORKERS=2) take about 16 instead of 28 minutes on 2 cores, but the two-node Ray cluster test can
-# still find its dashboard port held by the Ray a docs example just stopped; until that is mended, CI runs one.
-PYTEST_WORKERS ?= 0
+# Test processes (pytest-xdist): two take about 16 instead of 28 minutes on 2 cores. Tests that start Ray
+# share one worker (xdist_group "ray"); PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: venv demo test lint format bench docs docs-serve clean
 

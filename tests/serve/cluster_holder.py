@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -32,22 +33,31 @@ FAST_METRICS = {
 }
 
 
-def _actor_nodes(alive: list[Any] | None = None) -> list[str]:
-    """Nodes where Ray Data's pool actors (``index --ray``; class "MapWorker") are alive."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive_actors(address: str) -> list[Any]:
+    # The cluster's address, never found by looking: another Ray on this machine (a test's local Ray, or
+    # one still stopping) would make the lookup ask which one is meant.
     from ray.util.state import list_actors
 
-    if alive is None:
-        alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+    return list(list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True, limit=1000))
+
+
+def _actor_nodes(alive: list[Any]) -> list[str]:
+    """Nodes where Ray Data's pool actors (``index --ray``; class "MapWorker") are alive."""
     return sorted({a.node_id for a in alive if "MapWorker" in (a.class_name or "")})
 
 
-def _status() -> dict[str, Any]:
+def _status(address: str) -> dict[str, Any]:
     from ray import serve
-    from ray.util.state import list_actors
 
     from ce_rerank_plugins.serve._ray import APP_NAME
 
-    alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+    alive = _alive_actors(address)
     actor_nodes = _actor_nodes(alive)
     app = serve.status().applications.get(APP_NAME)
     if app is None:
@@ -58,7 +68,7 @@ def _status() -> dict[str, Any]:
     return {"states": states, "app": str(app.status), "nodes": nodes, "actor_nodes": actor_nodes}
 
 
-def _deploy(args: dict[str, Any]) -> dict[str, Any]:
+def _deploy(address: str, args: dict[str, Any]) -> dict[str, Any]:
     from ce_rerank_plugins.serve import RayServeSettings, ServeLimits, ray_application, run_on_ray
 
     settings = RayServeSettings(
@@ -77,7 +87,7 @@ def _deploy(args: dict[str, Any]) -> dict[str, Any]:
 
     serve.shutdown()  # each deployment starts clean, its proxy on its own port
     run_on_ray(app, port=args["port"], proxy_location="HeadOnly")  # both nodes are 127.0.0.1 here
-    return _status()
+    return _status(address)
 
 
 def _reply(reply: dict[str, Any]) -> None:
@@ -90,7 +100,10 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args=NODE_ARGS)
+    # The head's dashboard (which answers the state queries) on ports of its own: Ray's defaults may still be
+    # held by another Ray on this machine.
+    head_args = {**NODE_ARGS, "dashboard_port": _free_port(), "dashboard_agent_listen_port": _free_port()}
+    cluster = Cluster(initialize_head=True, head_node_args=head_args)
     # Cluster records its address where a plain ray.init() on this machine would find and join it (as
     # after `ray start`); forget it, so only those given the address use this cluster.
     ray._common.utils.reset_ray_address()
@@ -104,16 +117,16 @@ def main() -> None:
             command, _, rest = line.strip().partition(" ")
             started = time.monotonic()
             if command == "deploy":
-                reply: dict[str, Any] = _deploy(json.loads(rest))
+                reply: dict[str, Any] = _deploy(cluster.address, json.loads(rest))
             elif command == "status":
-                reply = _status()
+                reply = _status(cluster.address)
             elif command == "remove-worker":
                 cluster.remove_node(worker, allow_graceful=False)
                 reply = {"removed": worker.node_id}
             elif command == "remove-worker-once-it-embeds":
                 reply = {"removed": None}
                 while time.monotonic() - started < 120:
-                    if worker.node_id in _actor_nodes():  # polled here: no round trip between seeing and removing
+                    if worker.node_id in _actor_nodes(_alive_actors(cluster.address)):  # polled here: no round trip between seeing and removing
                         cluster.remove_node(worker, allow_graceful=False)
                         reply = {"removed": worker.node_id}
                         break
