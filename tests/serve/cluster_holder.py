@@ -126,7 +126,8 @@ def main() -> None:
             elif command == "remove-worker-once-it-embeds":
                 reply = {"removed": None}
                 while time.monotonic() - started < 120:
-                    if worker.node_id in _actor_nodes(_alive_actors(cluster.address)):  # polled here: no round trip between seeing and removing
+                    # Polled here: no round trip between seeing and removing.
+                    if worker.node_id in _actor_nodes(_alive_actors(cluster.address)):
                         cluster.remove_node(worker, allow_graceful=False)
                         reply = {"removed": worker.node_id}
                         break
