@@ -171,7 +171,7 @@ def test_query_table_json_and_context(index_dir, tiny_ce_path):
         str(tiny_ce_path),
     )
     assert out.exit_code == 0
-    payload = json.loads(out.output)
+    payload = json.loads(out.stdout)  # stdout only: a warning (e.g. a precision fallback) goes to stderr
     assert [r["rank"] for r in payload["results"]] == [1, 2]
     assert {"rerank_score", "retrieval_score", "source", "text"} <= set(payload["results"][0])
     assert payload["results"][0]["source"] in payload["context"]
@@ -398,7 +398,7 @@ def test_hybrid_index_query_and_eval_modes(docs_dir, beir_dir, tiny_ce_path, tmp
             str(tiny_ce_path),
         )
         assert result.exit_code == 0, result.output
-        assert len(json.loads(result.output)["results"]) == 2
+        assert len(json.loads(result.stdout)["results"]) == 2
     evaluated = invoke(
         "eval",
         str(beir_dir),

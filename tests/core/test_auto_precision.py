@@ -139,7 +139,10 @@ def test_a_cache_that_cannot_be_written_skips_measuring(model, measurements, cap
     with caplog.at_level(logging.WARNING):
         reranker = CrossEncoderReranker(model)
     assert measurements == []
-    assert reranker.precision == auto.rule_precision("cpu") and "not measured" in reranker.precision_reason
+    # The rule's choice; the engine may still serve fp32 where this random tiny model fails the bf16 probe.
+    assert reranker.key.precision == auto.rule_precision("cpu")
+    assert "not measured" in auto.choose_precision(key_for(model), build_engine).reason
+    assert measurements == []
     assert any("cannot record" in r.message for r in caplog.records)
 
 
