@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist): two take about 16 instead of 28 minutes on 2 cores. Tests that start Ray
-# share one worker (xdist_group "ray"); PYTEST_WORKERS=0 runs everything in this process.
+# share one worker (marked `starts_ray`, see tests/conftest.py); PYTEST_WORKERS=0 runs everything in this process.
 PYTEST_WORKERS ?= 2
 
 .PHONY: venv demo test lint format bench docs docs-serve clean

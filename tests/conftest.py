@@ -54,6 +54,20 @@ def build_tiny_cross_encoder(out_dir: Path, *, num_labels: int = 1, seed: int = 
     return final
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``starts_ray`` share one pytest-xdist worker (``make test`` runs ``--dist loadgroup``).
+
+    Two Ray instances on one machine compete for its CPUs and ports, and make a plain ``ray.init()`` or
+    state query ask which one to join. Runs before xdist reads the ``xdist_group`` marks.
+    """
+    if not config.pluginmanager.hasplugin("xdist"):
+        return  # one process (-p no:xdist): nothing to group, and no xdist_group marker to apply
+    for item in items:
+        if item.get_closest_marker("starts_ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture(scope="session")
 def tiny_ce_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A single-score (num_labels=1) tiny cross-encoder directory."""

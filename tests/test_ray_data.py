@@ -12,14 +12,22 @@ from ce_rerank_plugins import CrossEncoderReranker
 from ce_rerank_plugins.cli import app
 from ce_rerank_plugins.retrieval import Embedder
 
-# Ray tests share one test worker: a second Ray on this machine would compete for its CPUs and ports.
-pytestmark = pytest.mark.xdist_group("ray")
+pytestmark = pytest.mark.starts_ray
 
 QUESTIONS = [
     "How many people live in Lyon?",
     "What water temperature should I use to brew coffee?",
     "Why does an afternoon coffee keep me awake at night?",
 ]
+
+
+def test_a_module_that_starts_ray_runs_on_the_ray_worker(request):
+    # tests/conftest.py turns the starts_ray mark into xdist's group, which --dist loadgroup keeps on one worker.
+    if not request.config.pluginmanager.hasplugin("xdist"):
+        pytest.skip("run without pytest-xdist: one process, nothing to group")
+    assert request.node.get_closest_marker("xdist_group").args == ("ray",)
+    if request.config.getoption("dist", "no") == "loadgroup":
+        assert request.node.nodeid.endswith("@ray")
 
 
 def test_embed_texts_equals_encode_in_input_order(local_ray, sample_records):

@@ -186,9 +186,7 @@ def _starts_ray(page: Path) -> bool:
 
 
 def _page_param(page: Path) -> object:
-    # A page that starts Ray runs on the Ray tests' worker (make test's xdist_group "ray"): two Ray
-    # instances on one machine make a plain ray.init() or state query ask which one to join.
-    marks = [pytest.mark.xdist_group("ray")] if _starts_ray(page) else []
+    marks = [pytest.mark.starts_ray] if _starts_ray(page) else []
     return pytest.param(page, marks=marks, id=page.relative_to(REPO).with_suffix("").as_posix())
 
 

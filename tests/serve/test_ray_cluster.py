@@ -28,8 +28,7 @@ from tests.serve.test_serve import DOCS, ERROR_CASES, QUERY, TEST_LIMITS, _free_
 
 pytest.importorskip("ray", reason="the ray extra is part of the dev install")
 
-# Ray tests share one test worker: a second Ray on this machine would compete for its CPUs and ports.
-pytestmark = pytest.mark.xdist_group("ray")
+pytestmark = pytest.mark.starts_ray
 
 QUESTIONS = [
     "How many people live in Lyon?",

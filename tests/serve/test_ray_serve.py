@@ -13,8 +13,7 @@ import pytest
 
 from tests.serve.test_serve import _free_port
 
-# Ray tests share one test worker: a second Ray on this machine would compete for its CPUs and ports.
-pytestmark = pytest.mark.xdist_group("ray")
+pytestmark = pytest.mark.starts_ray
 
 
 def test_ray_settings_are_checked_and_translated():
