@@ -6,8 +6,9 @@ Tests start it with :class:`ClusterHolder`; it answers one JSON line per command
   the app with :func:`~ce_rerank_plugins.serve.run_on_ray` (Serve restarted first) and wait until it runs;
 - ``status``: the deployment's replica states and, for each running replica, the node it runs on;
 - ``remove-worker`` / ``add-worker``: take the worker node away (its raylet and every process on it are
-  killed) or add a fresh one; ``remove-worker-once-it-embeds`` waits (up to 120 s) until a Ray Data
-  actor is alive on the worker node, then takes the node away;
+  killed) or add a fresh one where it was taken (``add-worker`` answers the worker it has either way, so a
+  test that lost the node can always put it back); ``remove-worker-once-it-embeds`` waits (up to 120 s)
+  until a Ray Data actor is alive on the worker node, then takes the node away;
 - ``quit`` (or end of input): shut Serve and every node down.
 
 Each node has 1 CPU; head and worker are separate raylets on loopback, as two machines would be.
@@ -86,8 +87,11 @@ def _deploy(address: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reply(reply: dict[str, Any]) -> None:
-    # Ray writes its own lines to stdout too (a lost raylet says so): replies carry a marker.
-    print(MARKER + json.dumps(reply), flush=True)
+    # Ray writes to stdout too, from a thread of this process (a lost raylet says so): replies carry a marker,
+    # start on a line of their own and go out in one write, so Ray's text never lands inside one (print()
+    # writes the text and its newline apart, and a raylet's death notice once came between them).
+    sys.stdout.write(f"\n{MARKER}{json.dumps(reply)}\n")
+    sys.stdout.flush()
 
 
 def main() -> None:
@@ -103,6 +107,7 @@ def main() -> None:
     # after `ray start`); forget it, so only those given the address use this cluster.
     ray._common.utils.reset_ray_address()
     worker = cluster.add_node(**NODE_ARGS)
+    worker_removed = False
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
     head_id = ray.get_runtime_context().get_node_id()
@@ -117,6 +122,7 @@ def main() -> None:
                 reply = _status(cluster.address)
             elif command == "remove-worker":
                 cluster.remove_node(worker, allow_graceful=False)
+                worker_removed = True
                 reply = {"removed": worker.node_id}
             elif command == "remove-worker-once-it-embeds":
                 reply = {"removed": None}
@@ -124,12 +130,15 @@ def main() -> None:
                     # Polled here: no round trip between seeing and removing.
                     if worker.node_id in _actor_nodes(_alive_actors(cluster.address)):
                         cluster.remove_node(worker, allow_graceful=False)
+                        worker_removed = True
                         reply = {"removed": worker.node_id}
                         break
                     time.sleep(0.1)
             elif command == "add-worker":
-                worker = cluster.add_node(**NODE_ARGS)
-                cluster.wait_for_nodes()
+                if worker_removed:
+                    worker = cluster.add_node(**NODE_ARGS)
+                    worker_removed = False
+                    cluster.wait_for_nodes()
                 reply = {"worker": worker.node_id}
             elif command == "quit":
                 break

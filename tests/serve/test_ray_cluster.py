@@ -152,20 +152,22 @@ def test_losing_a_node_under_load_loses_no_request_and_gives_no_wrong_answer(clu
     threads = load.start(requests=40)
     while load.answered < 40:  # mid-load: some answered, most still to come
         time.sleep(0.05)
-    cluster.send("remove-worker")
-    lost_at = time.monotonic()
-    for thread in threads:
-        thread.join(300)
-    recovered = _wait_for(
-        cluster, lambda s: s["states"] == {"RUNNING": 2} and set(s["nodes"]) == {cluster.head}, timeout=120
-    )
-    print(
-        f"node loss: {load.answered} answered, {len(load.errors)} errors, {load.wrong} wrong, "
-        f"{len(load.retried)} 5xx answers retried; back to 2 replicas {time.monotonic() - lost_at:.1f} s after"
-    )
-    assert load.errors == [] and load.wrong == 0 and load.answered == 8 * 40
-    assert recovered["app"].endswith("RUNNING")
-    cluster.worker = cluster.send("add-worker")["worker"]
+    try:
+        cluster.send("remove-worker")
+        lost_at = time.monotonic()
+        for thread in threads:
+            thread.join(300)
+        recovered = _wait_for(
+            cluster, lambda s: s["states"] == {"RUNNING": 2} and set(s["nodes"]) == {cluster.head}, timeout=120
+        )
+        print(
+            f"node loss: {load.answered} answered, {len(load.errors)} errors, {load.wrong} wrong, "
+            f"{len(load.retried)} 5xx answers retried; back to 2 replicas {time.monotonic() - lost_at:.1f} s after"
+        )
+        assert load.errors == [] and load.wrong == 0 and load.answered == 8 * 40
+        assert recovered["app"].endswith("RUNNING")
+    finally:  # the next tests need both nodes, whatever happened here
+        cluster.worker = cluster.send("add-worker")["worker"]
 
 
 def test_autoscaling_adds_a_replica_under_a_burst_and_removes_it_in_the_quiet(cluster, tiny_ce_path, fp32_reranker):
@@ -233,6 +235,7 @@ def _same_index(a: Path, b: Path) -> None:
 def test_index_on_the_cluster_equals_one_process_and_a_lost_node_leaves_no_partial_index(
     cluster, tmp_path, sample_records
 ):
+    assert cluster.send("add-worker")["worker"] == cluster.worker  # the worker is there: nothing is added
     corpus = _corpus(tmp_path, sample_records, copies=10)
     assert _index(corpus, tmp_path / "local").returncode == 0
     on_cluster = _index(corpus, tmp_path / "cluster", "--ray", "--address", cluster.address, "--actors", "2")
@@ -251,13 +254,16 @@ def test_index_on_the_cluster_equals_one_process_and_a_lost_node_leaves_no_parti
         stderr=subprocess.PIPE,
         text=True,
     )
-    removed = cluster.send("remove-worker-once-it-embeds")
-    _, stderr = run.communicate(timeout=300)
-    assert removed["removed"] == cluster.worker, f"no actor ever ran on the worker node: {stderr[-2000:]}"
-    print(f"index --ray with its worker node lost: exit {run.returncode}; {stderr.strip()[-300:]}")
-    if run.returncode == 0:
-        _same_index(tmp_path / "local", out)
-    else:
-        assert not out.exists(), "a failed run must leave no index"
-        assert "Traceback" not in stderr and "no batch finished for 30 s" in stderr, stderr
-    cluster.worker = cluster.send("add-worker")["worker"]
+    try:
+        removed = cluster.send("remove-worker-once-it-embeds")
+        _, stderr = run.communicate(timeout=300)
+        assert removed["removed"] == cluster.worker, f"no actor ever ran on the worker node: {stderr[-2000:]}"
+        print(f"index --ray with its worker node lost: exit {run.returncode}; {stderr.strip()[-300:]}")
+        if run.returncode == 0:
+            _same_index(tmp_path / "local", out)
+        else:
+            assert not out.exists(), "a failed run must leave no index"
+            assert "Traceback" not in stderr and "no batch finished for 30 s" in stderr, stderr
+    finally:
+        run.kill()  # a no-op once it has exited
+        cluster.worker = cluster.send("add-worker")["worker"]
