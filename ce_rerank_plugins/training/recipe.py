@@ -495,6 +495,52 @@ def read_validation(data_dir: str | os.PathLike[str]) -> tuple[list[dict[str, An
     return _read_jsonl_gz(data / VALIDATION_FILE), texts
 
 
+def read_training_groups(data_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A finished build's training groups (``GROUPS_FILE``) and the texts (``TEXTS_FILE``) its keys name."""
+    data = Path(data_dir)
+    for name in (GROUPS_FILE, TEXTS_FILE, DATA_MANIFEST):
+        if not (data / name).is_file():
+            msg = f"{str(data / name)!r} is missing: give the data folder of a finished recipe build (OUT/data)"
+            raise FileNotFoundError(msg)
+    texts = {r["key"]: r["text"] for r in _read_jsonl_gz(data / TEXTS_FILE)}
+    return _read_jsonl_gz(data / GROUPS_FILE), texts
+
+
+def write_derived_groups(
+    source_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    groups: Sequence[dict[str, Any]],
+    texts: dict[str, str],
+) -> None:
+    """A build of other training groups beside ``source_dir``'s held-out questions and manifest.
+
+    Groups made from another build's (its passages split into sentences, members rewritten) train with
+    ``ce-rerank train --out DIR`` once written to ``DIR/data``, and are validated on exactly the source's
+    held-out questions, so the two runs compare. ``texts`` must name every member of ``groups`` and every
+    held-out candidate. As in :func:`prepare_groups`, the manifest goes first and comes back last, so a
+    write cut short is never taken for a finished build.
+    """
+    source, out = Path(source_dir), Path(out_dir)
+    if out.resolve() == source.resolve():
+        msg = f"write derived groups to a folder of their own, not over their source {str(source)!r}"
+        raise ValueError(msg)
+    validation, _ = read_validation(source)
+    for where, keys in [
+        *((f"group of {g['query']!r}", g["docs"]) for g in groups),
+        *((f"held-out question {v['query']!r}", v["docs"]) for v in validation),
+    ]:
+        missing = [k for k in keys if k not in texts]
+        if missing:
+            msg = f"no text for {missing[0]!r} ({where}): texts must name every member and held-out candidate"
+            raise ValueError(msg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DATA_MANIFEST).unlink(missing_ok=True)
+    _write_jsonl_gz(out / GROUPS_FILE, groups)
+    _write_jsonl_gz(out / TEXTS_FILE, ({"key": k, "text": v} for k, v in texts.items()))
+    shutil.copy(source / VALIDATION_FILE, out / VALIDATION_FILE)
+    shutil.copy(source / DATA_MANIFEST, out / DATA_MANIFEST)
+
+
 def held_out_metrics(
     model: Any,
     tokenizer: Any,

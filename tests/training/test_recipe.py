@@ -20,9 +20,12 @@ from ce_rerank_plugins.training.recipe import (
     decide_fusion,
     overlap_misleads,
     prepare_groups,
+    read_training_groups,
+    read_validation,
     train_listwise,
     training_order,
     word_sharing_negatives,
+    write_derived_groups,
 )
 
 CITIES = {
@@ -198,6 +201,32 @@ def test_an_unfinished_group_build_is_never_reused(two_sets, tmp_path):
     assert not (tmp_path / "groups" / "data.json").exists()
     with pytest.raises(FileNotFoundError, match="data.json"):
         train_listwise(tmp_path / "groups", tmp_path / "run", ListwiseConfig(base_model="/nonexistent"))
+
+
+def test_derived_groups_keep_the_sources_held_out_questions_and_name_a_missing_text(two_sets, tmp_path):
+    source, derived = tmp_path / "groups", tmp_path / "derived"
+    prepare_groups(two_sets, source, settings=SETTINGS)
+    groups, texts = read_training_groups(source)
+    written = f"{groups[0]['docs'][1]}~rewritten"
+    mine = [{**groups[0], "docs": [*groups[0]["docs"], written]}, groups[1]]
+    with pytest.raises(ValueError, match=f"no text for '{written}' \\(group of"):
+        write_derived_groups(source, derived, mine, texts)
+    members_only = {k: texts[k] for g in groups for k in g["docs"]} | {written: "A rewritten member."}
+    with pytest.raises(ValueError, match="no text for .* \\(held-out question"):
+        write_derived_groups(source, derived, mine, members_only)
+    with pytest.raises(ValueError, match="folder of their own"):
+        write_derived_groups(source, source, mine, texts)
+    assert not (derived / "data.json").exists()
+
+    write_derived_groups(source, derived, mine, {**texts, written: "A rewritten member."})
+    again, again_texts = read_training_groups(derived)
+    assert again == mine and again_texts[written] == "A rewritten member."
+    (val, val_texts), (source_val, source_texts) = read_validation(derived), read_validation(source)
+    assert val == source_val and all(val_texts[k] == source_texts[k] for v in val for k in v["docs"])
+    assert (derived / "data.json").read_bytes() == (source / "data.json").read_bytes()
+    (derived / "data.json").unlink()  # as a write cut short leaves it
+    with pytest.raises(FileNotFoundError, match="data.json"):
+        read_training_groups(derived)
 
 
 def test_decide_fusion_prefers_the_cross_encoder_alone_unless_fusion_clearly_wins():

@@ -17,11 +17,9 @@ same held-out paragraphs.
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ce_rerank_plugins.retrieval import Embedder
+from ce_rerank_plugins.training.recipe import read_training_groups, write_derived_groups
 
 NUMERIC_QUESTION = re.compile(
     r"^(how (many|much|long|old|far|tall|large|big|high|often|hot|cold|warm)"
@@ -47,16 +46,10 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in SENTENCE_END.split(text) if len(s.split()) >= 4]
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
-
-
 def main() -> None:
     run, out, wanted, paragraphs = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     seed = int(sys.argv[5]) if len(sys.argv) > 5 else 10
-    groups = _read(run / "train_groups.jsonl.gz")
-    texts = {row["key"]: row["text"] for row in _read(run / "texts.jsonl.gz")}
+    groups, texts = read_training_groups(run)
     embedder = Embedder()
     made: list[dict[str, Any]] = []
     new_texts: dict[str, str] = {}
@@ -106,13 +99,7 @@ def main() -> None:
     chosen = made[:wanted]
     mixed = chosen + rng.sample(groups, paragraphs)
     rng.shuffle(mixed)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("val_queries.jsonl.gz", "data.json"):
-        shutil.copy(run / name, out / name)
-    with gzip.open(out / "train_groups.jsonl.gz", "wt", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(g) + "\n" for g in mixed)
-    with gzip.open(out / "texts.jsonl.gz", "wt", encoding="utf-8") as fh:
-        fh.writelines(json.dumps({"key": k, "text": t}) + "\n" for k, t in {**texts, **new_texts}.items())
+    write_derived_groups(run, out, mixed, {**texts, **new_texts})
     per_set: dict[str, int] = {}
     for g in chosen:
         per_set[g["set"]] = per_set.get(g["set"], 0) + 1

@@ -17,25 +17,18 @@ questions and the manifest are copied unchanged.
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
-import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
-
-def _read(path: Path) -> list[dict[str, Any]]:
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
+from ce_rerank_plugins.training.recipe import read_training_groups, write_derived_groups
 
 
 def main() -> None:
     source, out = Path(sys.argv[1]), Path(sys.argv[2])
     rng = random.Random(int(sys.argv[3]) if len(sys.argv) > 3 else 11)
-    groups = _read(source / "train_groups.jsonl.gz")
-    texts = {row["key"]: row["text"] for row in _read(source / "texts.jsonl.gz")}
+    groups, texts = read_training_groups(source)
     echoed = both = 0
     for group in groups:
         if not all("#s" in key for key in group["docs"]) or len(group["docs"]) < 2:
@@ -51,13 +44,7 @@ def main() -> None:
             texts[positive] = f"{question} {texts[group['docs'][0]]}"
             group["docs"][0] = positive
             both += 1
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("val_queries.jsonl.gz", "data.json"):
-        shutil.copy(source / name, out / name)
-    with gzip.open(out / "train_groups.jsonl.gz", "wt", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(g) + "\n" for g in groups)
-    with gzip.open(out / "texts.jsonl.gz", "wt", encoding="utf-8") as fh:
-        fh.writelines(json.dumps({"key": k, "text": t}) + "\n" for k, t in texts.items())
+    write_derived_groups(source, out, groups, texts)
     print(f"{len(groups)} groups; {echoed} sentence groups gained a negative that repeats the question,")
     print(f"{both} of them with the positive written the same way; wrote {out}")
     for g in rng.sample([g for g in groups if g["docs"][-1].endswith("~echo")], 4):

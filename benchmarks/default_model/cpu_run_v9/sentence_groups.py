@@ -11,14 +11,14 @@ held-out questions and manifest, so `ce-rerank train` with RUN's --data reuses O
 
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
+
+from ce_rerank_plugins.training.recipe import read_training_groups, write_derived_groups
 
 NUMERIC_QUESTION = re.compile(
     r"^(how (many|much|long|old|far|tall|large|big|high|often)"
@@ -62,8 +62,7 @@ def sentence_groups(
 
 def main() -> None:
     run, out, mix = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-    with gzip.open(run / "train_groups.jsonl.gz", "rt", encoding="utf-8") as fh:
-        groups = [json.loads(line) for line in fh]
+    groups, run_texts = read_training_groups(run)
     paragraphs = {}
     for name in SOURCES:
         for line in (TRAIN_DATA / name / "corpus.jsonl").open(encoding="utf-8"):
@@ -74,15 +73,7 @@ def main() -> None:
     rng.sample(made, 5)  # five examples the run's first version printed: keeps v9's draw of paragraph groups
     mixed = made + rng.sample(groups, mix)
     rng.shuffle(mixed)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("val_queries.jsonl.gz", "data.json"):
-        shutil.copy(run / name, out / name)
-    with gzip.open(out / "train_groups.jsonl.gz", "wt", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(g) + "\n" for g in mixed)
-    with gzip.open(out / "texts.jsonl.gz", "wt", encoding="utf-8") as fh:
-        with gzip.open(run / "texts.jsonl.gz", "rt", encoding="utf-8") as old:
-            fh.writelines(old)
-        fh.writelines(json.dumps({"key": k, "text": t}) + "\n" for k, t in texts.items())
+    write_derived_groups(run, out, mixed, {**run_texts, **texts})
     print(f"{len(made)} sentence groups of {len(groups)}; wrote {len(mixed)} groups to {out}")
 
 
