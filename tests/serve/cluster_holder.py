@@ -107,7 +107,6 @@ def main() -> None:
     # after `ray start`); forget it, so only those given the address use this cluster.
     ray._common.utils.reset_ray_address()
     worker = cluster.add_node(**NODE_ARGS)
-    worker_removed = False
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
     head_id = ray.get_runtime_context().get_node_id()
@@ -122,7 +121,6 @@ def main() -> None:
                 reply = _status(cluster.address)
             elif command == "remove-worker":
                 cluster.remove_node(worker, allow_graceful=False)
-                worker_removed = True
                 reply = {"removed": worker.node_id}
             elif command == "remove-worker-once-it-embeds":
                 reply = {"removed": None}
@@ -130,14 +128,12 @@ def main() -> None:
                     # Polled here: no round trip between seeing and removing.
                     if worker.node_id in _actor_nodes(_alive_actors(cluster.address)):
                         cluster.remove_node(worker, allow_graceful=False)
-                        worker_removed = True
                         reply = {"removed": worker.node_id}
                         break
                     time.sleep(0.1)
             elif command == "add-worker":
-                if worker_removed:
+                if worker not in cluster.worker_nodes:  # Cluster.remove_node took it out of that set
                     worker = cluster.add_node(**NODE_ARGS)
-                    worker_removed = False
                     cluster.wait_for_nodes()
                 reply = {"worker": worker.node_id}
             elif command == "quit":
