@@ -604,14 +604,14 @@ def _query_paths(model: str, precision: Precision) -> tuple[Precision, EmbedderR
     A one-shot query spends more time importing torch than computing: under ``auto``, a model whose
     ONNX export is cached and verified runs on ONNX Runtime instead (``onnx`` makes those exports).
     """
-    from ce_rerank_plugins.core import onnx_fast_start_lost, onnx_fast_start_ready
+    from ce_rerank_plugins.core import onnx_fast_start
 
     if precision == "onnx":
         return "onnx", "onnx"
     if precision == "auto":
-        if onnx_fast_start_ready(model):
+        ready, lost = onnx_fast_start(model)
+        if ready:
             return "onnx", "auto"
-        lost = onnx_fast_start_lost(model)
         if lost is not None:  # it was fast before: say why it is not now, and how to make it fast again
             logger.warning(
                 "no fast start for this query (it loads torch, several seconds more): %s: %s. "

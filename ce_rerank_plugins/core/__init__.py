@@ -23,7 +23,13 @@ from ce_rerank_plugins.core._loading import (
     quiet_weight_loading,
     untrained_cross_encoder,
 )
-from ce_rerank_plugins.core._onnx_engine import OnnxTextEncoder, onnx_fast_start_lost, onnx_fast_start_ready
+from ce_rerank_plugins.core._onnx_engine import (
+    FastStart,
+    OnnxTextEncoder,
+    onnx_fast_start,
+    onnx_fast_start_lost,
+    onnx_fast_start_ready,
+)
 from ce_rerank_plugins.core._registry import ModelRegistry
 from ce_rerank_plugins.core._scores import FloatArray, ScoreMode
 from ce_rerank_plugins.core.reranker import (
@@ -44,6 +50,7 @@ __all__ = [
     "THREADS_ENV_VAR",
     "CacheInfo",
     "CrossEncoderReranker",
+    "FastStart",
     "FloatArray",
     "Fusion",
     "ModelKey",
@@ -67,6 +74,7 @@ __all__ = [
     "default_threads",
     "device_has_native_bf16",
     "fuse_scores",
+    "onnx_fast_start",
     "onnx_fast_start_lost",
     "onnx_fast_start_ready",
     "quiet_weight_loading",

@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -229,13 +229,29 @@ def _pair_export(
     return (graph, runtime, probe), None
 
 
+class FastStart(NamedTuple):
+    """Whether a model starts without torch (``ready``), and if not, why a fast start made before was ``lost``.
+
+    ``lost`` is None when the start is fast, and when no export was ever made (nothing was lost).
+    """
+
+    ready: bool
+    lost: str | None
+
+
+def onnx_fast_start(model: str, min_probe_spearman: float = DEFAULT_MIN_PROBE_SPEARMAN) -> FastStart:
+    """:func:`onnx_fast_start_ready` and :func:`onnx_fast_start_lost` in one look (the graph is hashed once)."""
+    found, lost = _pair_export(model, min_probe_spearman)
+    return FastStart(ready=found is not None, lost=lost)
+
+
 def onnx_fast_start_ready(model: str, min_probe_spearman: float = DEFAULT_MIN_PROBE_SPEARMAN) -> bool:
     """True when ``CrossEncoderReranker(model, precision="onnx")`` would start without importing torch.
 
     That is: ``model`` is a local directory whose current files have a cached export that passed the
     probe, and ONNX Runtime is installed.
     """
-    return _verified_pair_export(model, min_probe_spearman) is not None
+    return onnx_fast_start(model, min_probe_spearman).ready
 
 
 def onnx_fast_start_lost(model: str, min_probe_spearman: float = DEFAULT_MIN_PROBE_SPEARMAN) -> str | None:
@@ -244,7 +260,7 @@ def onnx_fast_start_lost(model: str, min_probe_spearman: float = DEFAULT_MIN_PRO
     None also when it was never exported (nothing was lost). The CLI says this reason, since a start
     that took a second yesterday and takes nine today is otherwise a mystery.
     """
-    return _pair_export(model, min_probe_spearman)[1]
+    return onnx_fast_start(model, min_probe_spearman).lost
 
 
 def load_fast_pair_engine(key: ModelKey, min_probe_spearman: float) -> OnnxPairEngine | None:
@@ -361,14 +377,20 @@ class OnnxTextEncoder:
         return out
 
     @staticmethod
+    def fast_start(model_dir: Path) -> FastStart:
+        """:meth:`is_cached` and :meth:`fast_start_lost` in one look (the graph is hashed once)."""
+        found, lost = _text_export(model_dir)
+        return FastStart(ready=found is not None, lost=lost)
+
+    @staticmethod
     def is_cached(model_dir: Path) -> bool:
         """True when an export of the directory's current files is cached and passed its probe."""
-        return _verified_text_export(model_dir) is not None
+        return OnnxTextEncoder.fast_start(model_dir).ready
 
     @staticmethod
     def fast_start_lost(model_dir: Path) -> str | None:
         """Why a bi-encoder exported for the fast start before now embeds on torch; None otherwise."""
-        return _text_export(model_dir)[1]
+        return OnnxTextEncoder.fast_start(model_dir).lost
 
     @staticmethod
     def load_cached(model_dir: Path) -> OnnxTextEncoder | None:

@@ -205,9 +205,9 @@ def _fast_export_cached(source: str) -> bool:
 
     if not Path(source).is_dir():
         return False
-    if OnnxTextEncoder.is_cached(Path(source)):
+    ready, lost = OnnxTextEncoder.fast_start(Path(source))
+    if ready:
         return True
-    lost = OnnxTextEncoder.fast_start_lost(Path(source))
     if lost is not None:
         logger.warning("the bi-encoder %s embeds on torch this time (a slower start): %s", source, lost)
     return False

@@ -19,7 +19,9 @@ from ce_rerank_plugins.training.recipe import (
     ListwiseResult,
     decide_fusion,
     prepare_groups,
+    read_training_groups,
     train_listwise,
+    write_derived_groups,
 )
 from ce_rerank_plugins.training.soup import SoupResult, interpolate_on_holdout
 from ce_rerank_plugins.training.trainer import TrainingConfig, TrainingResult, config_to_dict, train_cross_encoder
@@ -42,8 +44,10 @@ __all__ = [
     "mine_hard_negatives",
     "prepare_groups",
     "read_pairs",
+    "read_training_groups",
     "reranking_samples",
     "train_cross_encoder",
     "train_listwise",
+    "write_derived_groups",
     "write_pairs",
 ]

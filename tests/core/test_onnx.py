@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ce_rerank_plugins import CrossEncoderReranker
-from ce_rerank_plugins.core import onnx_fast_start_lost, onnx_fast_start_ready
+from ce_rerank_plugins.core import onnx_fast_start, onnx_fast_start_lost, onnx_fast_start_ready
 from ce_rerank_plugins.core._onnx import cache_dir_for, weights_sha256
 from ce_rerank_plugins.core._onnx_engine import OnnxPairEngine
 
@@ -286,6 +286,14 @@ def test_a_fast_start_made_earlier_and_lost_now_says_why(model_copy, fresh_regis
     manifest["runtime"]["model.onnx"]["probe"]["min_spearman"] = 0.5
     _onnx.record_runtime(model_copy / "onnx" / "model.onnx", manifest["runtime"]["model.onnx"])
     assert "failed the probe" in str(onnx_fast_start_lost(str(model_copy)))
+
+    # One look answers both questions, hashing the graph once (it is about a tenth of a second).
+    hashed = []
+    real_sha256 = _onnx.sha256_file
+    monkeypatch.setattr(_onnx, "sha256_file", lambda path: hashed.append(path) or real_sha256(path))
+    ready, lost = onnx_fast_start(str(model_copy))
+    assert not ready and "failed the probe" in str(lost)
+    assert hashed == [model_copy / "onnx" / "model.onnx"]
 
 
 def test_a_lost_fast_start_is_found_for_models_exported_into_the_user_cache(model_copy, fresh_registry, monkeypatch):

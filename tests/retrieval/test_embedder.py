@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from ce_rerank_plugins import _files
+from ce_rerank_plugins.core import _onnx
 from ce_rerank_plugins.retrieval import Embedder, FaissIndex
 
 TEXTS = [
@@ -61,8 +63,20 @@ def test_onnx_embeddings_equal_torch_and_a_fresh_process_starts_without_torch(us
     assert fresh["heavy"] == [], "a cached, verified export must embed without torch"
     np.testing.assert_allclose(np.asarray(fresh["vectors"], dtype=np.float32), torch_vectors, atol=1e-5)
 
-    # The installed bi-encoder's files change (an upgrade): its export is of other files now, and auto says so.
+    # A damaged graph: auto embeds on torch and says why, with the graph hashed once for both answers.
     [manifest_path] = (user_cache / "ce_rerank_plugins" / "onnx").glob("*/manifest.json")
+    graph = manifest_path.with_name("model.onnx")
+    intact = graph.read_bytes()
+    graph.write_bytes(intact + b"\0")
+    hashed = []
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("WARNING"):
+        patch.setattr(_onnx, "sha256_file", lambda path: hashed.append(path) or _files.sha256_file(path))
+        assert Embedder(runtime="auto").runtime == "torch"
+    assert hashed == [graph] and "does not match its recorded checksum" in caplog.text
+    graph.write_bytes(intact)
+    caplog.clear()
+
+    # The installed bi-encoder's files change (an upgrade): its export is of other files now, and auto says so.
     manifest = json.loads(manifest_path.read_text())
     manifest["source_files_sha256"] = "0" * 64
     older = manifest_path.parent.rename(manifest_path.parent.with_name("0" * 16))
