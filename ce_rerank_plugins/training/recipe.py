@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ce_rerank_plugins._files import atomic_write
 from ce_rerank_plugins.core import fuse_scores
 from ce_rerank_plugins.evaluation.beir import document_text, load_beir
 
@@ -314,8 +315,13 @@ def prepare_groups(
     _write_jsonl_gz(out / VALIDATION_FILE, validation)
     _write_jsonl_gz(out / TEXTS_FILE, ({"key": k, "text": v} for k, v in texts.items()))
     manifest = {"sets": per_set, "settings": asdict(settings), "sources": [str(Path(d)) for d in data_dirs]}
-    (out / DATA_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    _write_manifest(out, manifest)
     return manifest
+
+
+def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    # Last and in one rename: a build whose manifest can be read is a finished build.
+    atomic_write(out / DATA_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
 _QUESTION_OPENERS = re.compile(
@@ -511,14 +517,19 @@ def write_derived_groups(
     out_dir: str | os.PathLike[str],
     groups: Sequence[dict[str, Any]],
     texts: dict[str, str],
-) -> None:
-    """A build of other training groups beside ``source_dir``'s held-out questions and manifest.
+    *,
+    derivation: str | None = None,
+) -> dict[str, Any]:
+    """A build of other training groups beside ``source_dir``'s held-out questions.
 
     Groups made from another build's (its passages split into sentences, members rewritten) train with
     ``ce-rerank train --out DIR`` once written to ``DIR/data``, and are validated on exactly the source's
     held-out questions, so the two runs compare. ``texts`` must name every member of ``groups`` and every
-    held-out candidate. As in :func:`prepare_groups`, the manifest goes first and comes back last, so a
-    write cut short is never taken for a finished build.
+    held-out candidate. The manifest keeps the source's settings, counts the new groups per set and
+    records where they came from (``derived_from``, with ``derivation``, a line saying how), so the
+    training record of a model says what it was trained on. As in :func:`prepare_groups`, the manifest
+    goes first and comes back last, so a write cut short is never taken for a finished build.
+    Returns the manifest.
     """
     source, out = Path(source_dir), Path(out_dir)
     if out.resolve() == source.resolve():
@@ -533,12 +544,32 @@ def write_derived_groups(
         if missing:
             msg = f"no text for {missing[0]!r} ({where}): texts must name every member and held-out candidate"
             raise ValueError(msg)
+    source_manifest = json.loads((source / DATA_MANIFEST).read_text(encoding="utf-8"))
+    counts: dict[str, int] = {}
+    for group in groups:
+        counts[group["set"]] = counts.get(group["set"], 0) + 1
+    held_out = {name: dict(info) for name, info in source_manifest.get("sets", {}).items()}
+    none_held_out = {"validation_queries": 0, "held_out_titles": 0}
+    sets = {
+        name: {**held_out.get(name, none_held_out), "train_groups": counts.get(name, 0)}
+        for name in sorted(set(held_out) | set(counts))
+    }
+    manifest = {
+        **source_manifest,
+        "sets": sets,
+        "derived_from": {
+            "data": str(source),
+            "train_groups": {name: info.get("train_groups") for name, info in held_out.items()},
+            "derivation": derivation,
+        },
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / DATA_MANIFEST).unlink(missing_ok=True)
     _write_jsonl_gz(out / GROUPS_FILE, groups)
     _write_jsonl_gz(out / TEXTS_FILE, ({"key": k, "text": v} for k, v in texts.items()))
     shutil.copy(source / VALIDATION_FILE, out / VALIDATION_FILE)
-    shutil.copy(source / DATA_MANIFEST, out / DATA_MANIFEST)
+    _write_manifest(out, manifest)
+    return manifest
 
 
 def held_out_metrics(

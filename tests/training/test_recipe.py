@@ -218,12 +218,22 @@ def test_derived_groups_keep_the_sources_held_out_questions_and_name_a_missing_t
         write_derived_groups(source, source, mine, texts)
     assert not (derived / "data.json").exists()
 
-    write_derived_groups(source, derived, mine, {**texts, written: "A rewritten member."})
+    written_manifest = write_derived_groups(
+        source, derived, mine, {**texts, written: "A rewritten member."}, derivation="one member rewritten"
+    )
     again, again_texts = read_training_groups(derived)
     assert again == mine and again_texts[written] == "A rewritten member."
     (val, val_texts), (source_val, source_texts) = read_validation(derived), read_validation(source)
     assert val == source_val and all(val_texts[k] == source_texts[k] for v in val for k in v["docs"])
-    assert (derived / "data.json").read_bytes() == (source / "data.json").read_bytes()
+    # The manifest says what these groups are: the source's settings, the new counts, and where they came from.
+    manifest, source_manifest = (json.loads((d / "data.json").read_text()) for d in (derived, source))
+    assert manifest == written_manifest and manifest["settings"] == source_manifest["settings"]
+    assert sum(info["train_groups"] for info in manifest["sets"].values()) == len(mine)
+    for name, info in source_manifest["sets"].items():
+        assert manifest["sets"][name]["validation_queries"] == info["validation_queries"]
+        assert manifest["derived_from"]["train_groups"][name] == info["train_groups"]
+    assert manifest["derived_from"]["data"] == str(source)
+    assert manifest["derived_from"]["derivation"] == "one member rewritten"
     (derived / "data.json").unlink()  # as a write cut short leaves it
     with pytest.raises(FileNotFoundError, match="data.json"):
         read_training_groups(derived)

@@ -99,7 +99,8 @@ def main() -> None:
     chosen = made[:wanted]
     mixed = chosen + rng.sample(groups, paragraphs)
     rng.shuffle(mixed)
-    write_derived_groups(run, out, mixed, {**texts, **new_texts})
+    how = f"cpu_run_v10/answer_sentences.py: {len(chosen)} sentence + {paragraphs} paragraph groups, seed {seed}"
+    write_derived_groups(run, out, mixed, {**texts, **new_texts}, derivation=how)
     per_set: dict[str, int] = {}
     for g in chosen:
         per_set[g["set"]] = per_set.get(g["set"], 0) + 1

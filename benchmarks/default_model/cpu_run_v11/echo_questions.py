@@ -44,7 +44,8 @@ def main() -> None:
             texts[positive] = f"{question} {texts[group['docs'][0]]}"
             group["docs"][0] = positive
             both += 1
-    write_derived_groups(source, out, groups, texts)
+    how = "cpu_run_v11/echo_questions.py: a member repeating the question in each sentence group"
+    write_derived_groups(source, out, groups, texts, derivation=how)
     print(f"{len(groups)} groups; {echoed} sentence groups gained a negative that repeats the question,")
     print(f"{both} of them with the positive written the same way; wrote {out}")
     for g in rng.sample([g for g in groups if g["docs"][-1].endswith("~echo")], 4):

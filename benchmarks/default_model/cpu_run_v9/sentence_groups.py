@@ -73,7 +73,8 @@ def main() -> None:
     rng.sample(made, 5)  # five examples the run's first version printed: keeps v9's draw of paragraph groups
     mixed = made + rng.sample(groups, mix)
     rng.shuffle(mixed)
-    write_derived_groups(run, out, mixed, {**run_texts, **texts})
+    how = f"cpu_run_v9/sentence_groups.py: answer-type sentence groups mixed with {mix} paragraph groups"
+    write_derived_groups(run, out, mixed, {**run_texts, **texts}, derivation=how)
     print(f"{len(made)} sentence groups of {len(groups)}; wrote {len(mixed)} groups to {out}")
 
 
