@@ -501,6 +501,40 @@ def read_validation(data_dir: str | os.PathLike[str]) -> tuple[list[dict[str, An
     return _read_jsonl_gz(data / VALIDATION_FILE), texts
 
 
+def check_groups(groups: Sequence[Any], texts: dict[str, str]) -> None:
+    """Raise ``ValueError`` naming the first training group the listwise loss cannot take, and why.
+
+    A group is ``{"query": str, "docs": [answer key, negative key, ...], "teacher"?: [score, ...]}``:
+    at least one negative, every key in ``texts``, and teacher scores (for the first members) finite.
+    Checked before the first step, so a bad group fails the run at once, not hours in (a NaN teacher
+    score would otherwise turn every weight into NaN).
+    """
+    for i, group in enumerate(groups):
+        query = group.get("query") if isinstance(group, dict) else None
+        where = f"training group {i} ({query!r})"
+        if not isinstance(query, str) or not query.strip():
+            msg = f"{where}: 'query' must be a non-empty string"
+            raise ValueError(msg)
+        docs = group.get("docs")
+        if not isinstance(docs, list) or len(docs) < 2 or not all(isinstance(k, str) for k in docs):
+            msg = f"{where}: 'docs' must list the answer's key and at least one negative's, got {docs!r}"
+            raise ValueError(msg)
+        missing = [k for k in docs if k not in texts]
+        if missing:
+            msg = f"{where}: no text for {missing[0]!r}"
+            raise ValueError(msg)
+        teacher = group.get("teacher")
+        if teacher is None:
+            continue
+        if (
+            not isinstance(teacher, list)
+            or len(teacher) > len(docs)
+            or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in teacher)
+        ):
+            msg = f"{where}: 'teacher' must be finite numbers, at most one per member, got {teacher!r}"
+            raise ValueError(msg)
+
+
 def read_training_groups(data_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """A finished build's training groups (``GROUPS_FILE``) and the texts (``TEXTS_FILE``) its keys name."""
     data = Path(data_dir)
@@ -536,10 +570,8 @@ def write_derived_groups(
         msg = f"write derived groups to a folder of their own, not over their source {str(source)!r}"
         raise ValueError(msg)
     validation, _ = read_validation(source)
-    for where, keys in [
-        *((f"group of {g['query']!r}", g["docs"]) for g in groups),
-        *((f"held-out question {v['query']!r}", v["docs"]) for v in validation),
-    ]:
+    check_groups(groups, texts)
+    for where, keys in ((f"held-out question {v['query']!r}", v["docs"]) for v in validation):
         missing = [k for k in keys if k not in texts]
         if missing:
             msg = f"no text for {missing[0]!r} ({where}): texts must name every member and held-out candidate"
@@ -715,6 +747,7 @@ def train_listwise(
     if not groups or not val:
         msg = f"{data} holds {len(groups)} training groups and {len(val)} validation questions; both must be > 0"
         raise ValueError(msg)
+    check_groups(groups, texts)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)

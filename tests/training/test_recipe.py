@@ -17,6 +17,7 @@ from ce_rerank_plugins.training.recipe import (
     FUSION_GRID,
     GroupSettings,
     ListwiseConfig,
+    check_groups,
     decide_fusion,
     overlap_misleads,
     prepare_groups,
@@ -209,7 +210,7 @@ def test_derived_groups_keep_the_sources_held_out_questions_and_name_a_missing_t
     groups, texts = read_training_groups(source)
     written = f"{groups[0]['docs'][1]}~rewritten"
     mine = [{**groups[0], "docs": [*groups[0]["docs"], written]}, groups[1]]
-    with pytest.raises(ValueError, match=f"no text for '{written}' \\(group of"):
+    with pytest.raises(ValueError, match=f"training group 0 .*: no text for '{written}'"):
         write_derived_groups(source, derived, mine, texts)
     members_only = {k: texts[k] for g in groups for k in g["docs"]} | {written: "A rewritten member."}
     with pytest.raises(ValueError, match="no text for .* \\(held-out question"):
@@ -244,6 +245,31 @@ def test_decide_fusion_prefers_the_cross_encoder_alone_unless_fusion_clearly_win
     assert decide_fusion(metrics) == ("none", 1.0)
     metrics["mean/fused0.6/ndcg@10"] = 0.75
     assert decide_fusion(metrics) == ("weighted", 0.6)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"teacher": [0.9, float("nan")]}, "'teacher' must be finite numbers"),
+        ({"teacher": [0.9, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]}, "at most one per member"),
+        ({"teacher": "0.9"}, "'teacher' must be finite numbers"),
+        ({"docs": "lyon-00"}, "'docs' must list the answer's key and at least one negative's"),
+        ({"query": ""}, "'query' must be a non-empty string"),
+    ],
+)
+def test_a_group_the_loss_cannot_take_stops_the_run_before_its_first_step(
+    two_sets, tmp_path, tiny_ce_path, change, message
+):
+    prepare_groups(two_sets, tmp_path / "groups", settings=SETTINGS)
+    groups, texts = read_training_groups(tmp_path / "groups")
+    check_groups(groups, texts)  # what the recipe builds passes
+    groups[1] = {**groups[1], "docs": groups[1]["docs"][:3], **change}
+    with gzip.open(tmp_path / "groups" / "train_groups.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(g) + "\n" for g in groups)
+    config = ListwiseConfig(base_model=str(tiny_ce_path), max_steps=2, groups_per_step=2, threads=1, device="cpu")
+    with pytest.raises(ValueError, match=f"training group 1 .*{message}"):
+        train_listwise(tmp_path / "groups", tmp_path / "run", config)
+    assert not (tmp_path / "run" / "checkpoint").exists(), "refused before any model was loaded or saved"
 
 
 def weights(folder: Path) -> dict[str, np.ndarray]:
