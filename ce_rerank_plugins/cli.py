@@ -395,24 +395,34 @@ def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: st
         base = _bundled_start("--base")
     groups_dir = out / "data"
     sources = [str(d) for d in data]
+    settings = GroupSettings(
+        mining=options["mining"],
+        negatives=options["negatives"],
+        same_title=min(options["same_title"], options["negatives"]),
+        depth=options["depth"],
+        holdout_fraction=options["holdout_fraction"],
+        max_holdout=options["max_holdout"],
+        holdout_from=None if options["holdout_from"] is None else str(options["holdout_from"]),
+        word_sharing=options["word_sharing"],
+        max_queries=options["max_queries"],
+        seed=options["seed"],
+    )
     manifest = groups_dir / DATA_MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("sources") == sources:
-        note(f"reusing the training groups in {groups_dir}")
+    built_before = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+    if built_before.get("sources") == sources:
+        # Groups built with other options are other groups: reusing them silently would train on what was not asked.
+        # The seed also seeds training, so a run may train the same groups with another one (said, not refused).
+        recorded, asked = built_before.get("settings", {}), dataclasses.asdict(settings)
+        changed = [k for k in asked if k != "seed" and k in recorded and recorded[k] != asked[k]]
+        if changed:
+            shown = ", ".join(f"{k}: built {recorded[k]!r}, asked {asked[k]!r}" for k in changed)
+            fail(f"{groups_dir} holds groups built with other options ({shown}); pass the same, or another --out", 2)
+        seeded, seed = recorded.get("seed", asked["seed"]), asked["seed"]
+        also = f" (built with seed {seeded}; --seed {seed} seeds the training)" if seeded != seed else ""
+        note(f"reusing the training groups in {groups_dir}{also}")
     else:
         if options["resume"] and checkpoint.is_file():
             fail(f"{groups_dir} does not hold groups built from these --data folders; resume with the same --data", 2)
-        settings = GroupSettings(
-            mining=options["mining"],
-            negatives=options["negatives"],
-            same_title=min(options["same_title"], options["negatives"]),
-            depth=options["depth"],
-            holdout_fraction=options["holdout_fraction"],
-            max_holdout=options["max_holdout"],
-            holdout_from=None if options["holdout_from"] is None else str(options["holdout_from"]),
-            word_sharing=options["word_sharing"],
-            max_queries=options["max_queries"],
-            seed=options["seed"],
-        )
         embed = None
         if embedder is not None:
             from ce_rerank_plugins.retrieval import Embedder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -345,6 +346,15 @@ def test_train_command_runs_the_recipe_and_refuses_to_mix_runs(two_sets, tmp_pat
     assert resumed.exit_code == 0, resumed.output
     assert "reusing the training groups" in resumed.output
     assert json.loads((tmp_path / "run" / "training_run.json").read_text())["steps"] == 3
+    # Groups built with other options are not reused for a run that asks for different ones.
+    shutil.copytree(tmp_path / "run" / "data", tmp_path / "run3" / "data")
+    other_args = [*args[:4], str(tmp_path / "run3"), *args[5:]]
+    changed = runner.invoke(app, [*other_args, *options, "--negatives", "3"])
+    assert changed.exit_code == 2 and "negatives: built 2, asked 3" in changed.output
+    assert not (tmp_path / "run3" / "checkpoint").exists()
+    reseeded = runner.invoke(app, [*other_args, *options, "--seed", "5", "--max-steps", "1"])
+    assert reseeded.exit_code == 0, reseeded.output
+    assert "built with seed 12; --seed 5 seeds the training" in reseeded.output
     continued = [*args[:4], str(tmp_path / "run2"), "--base", str(tmp_path / "run" / "model"), *args[7:]]
     continued += [*options, "--holdout-from", str(tmp_path / "run" / "data")]
     done = runner.invoke(app, ["--quiet", *continued])
