@@ -96,7 +96,7 @@ def interpolate_on_holdout(
         start: The starting cross-encoder (folder or Hub id).
         end: A cross-encoder fine-tuned from ``start``; its tokenizer is kept.
         data_dir: A recipe build's data folder (``OUT/data`` of ``ce-rerank train --recipe default``).
-        out_dir: Where ``model/`` and the record go.
+        out_dir: Where ``model/`` and the record go; refused if ``model/`` is there already.
         weights: Shares of ``end`` to try, each in [0, 1].
         max_length: Token budget of a pair when scoring (the run's).
         threads: Torch CPU threads (0: torch's default).
@@ -108,6 +108,10 @@ def interpolate_on_holdout(
     from ce_rerank_plugins.core import resolve_device
 
     grid = check_weights(weights)
+    kept = Path(out_dir) / "model"
+    if kept.exists():  # e.g. --out run with end = run/model: the soup would replace the model it averages
+        msg = f"{str(kept)!r} already exists and would be replaced; choose another out_dir"
+        raise FileExistsError(msg)
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         msg = f"max_length must be a positive integer, got {max_length!r}"
         raise ValueError(msg)

@@ -414,6 +414,13 @@ def test_soup_keeps_the_held_out_best_interpolation_and_reproduces_both_ends(two
     kept = json.loads((tmp_path / "s2" / "soup_run.json").read_text())["weight"]
     assert f"saved {tmp_path / 's2' / 'model'}: w={kept:g}" in done.output
     assert len(reranker.rank("What is Lyon known for?", ["Lyon silk", "Porto wine"])) == 2
+    # A soup never replaces a model already there, least of all the one it averages (--out run, END run/model).
+    before = (tmp_path / "run" / "model" / "model.safetensors").read_bytes()
+    over = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "run"), "--weights", "0", "--device", "cpu"])
+    assert over.exit_code == 1 and "already exists and would be replaced" in over.output
+    assert (tmp_path / "run" / "model" / "model.safetensors").read_bytes() == before
+    with pytest.raises(FileExistsError, match="choose another out_dir"):
+        interpolate_on_holdout(tiny_ce_path, trained, tmp_path / "groups", tmp_path / "soup", weights=[0])
 
 
 @pytest.mark.parametrize(
