@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from ce_rerank_plugins._files import atomic_write, known_source_files_sha256, user_cache_dir
 from ce_rerank_plugins.core._hardware import apply_thread_policy, cpu_flags, device_has_native_bf16
 from ce_rerank_plugins.core._loading import ModelKey
+from ce_rerank_plugins.core._probe import trying_paths
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +254,8 @@ def _measure(
     engines: dict[str, _Engine] = {}
     for precision in paths:
         try:
-            engine = build(replace(key, precision=precision))
+            with trying_paths():  # a refused path is recorded below, not warned about: nobody asked for it
+                engine = build(replace(key, precision=precision))
         except Exception as exc:  # a faster path that cannot load here is not a candidate, and says why
             if precision == "fp32":
                 raise  # the model itself does not load: that error is the user's to see

@@ -19,7 +19,13 @@ from ce_rerank_plugins.core._loading import ModelKey, load_cross_encoder, to_pre
 from ce_rerank_plugins.core._microbatch import MicroBatcher, Pair, length_sorted_batches, token_windows
 from ce_rerank_plugins.core._onnx import ONNX_PRECISIONS, OnnxRunner, model_input_names, onnx_file
 from ce_rerank_plugins.core._onnx_engine import OnnxPairEngine, export_pair_engine, load_fast_pair_engine
-from ce_rerank_plugins.core._probe import DEFAULT_MIN_PROBE_SPEARMAN, ProbeAgreement, compare_to_reference, probe_pairs
+from ce_rerank_plugins.core._probe import (
+    DEFAULT_MIN_PROBE_SPEARMAN,
+    ProbeAgreement,
+    compare_to_reference,
+    probe_pairs,
+    trying_paths_now,
+)
 from ce_rerank_plugins.core._scores import FloatArray
 
 logger = logging.getLogger(__name__)
@@ -150,7 +156,7 @@ def build_engine(
         f"{key.precision} changed probe rankings (min Spearman {agreement.min_spearman:.4f} < "
         f"{min_probe_spearman}, top-1 kept: {agreement.top1_agree}); using fp32 for {key.model!r}"
     )
-    logger.warning(reason)
+    logger.log(logging.INFO if trying_paths_now() else logging.WARNING, reason)
     engine = ScoringEngine(model, key, precision="fp32", probe=agreement)
     engine.fallback_reason = reason
     return engine

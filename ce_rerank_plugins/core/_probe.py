@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +13,27 @@ from ce_rerank_plugins.core._scores import FloatArray
 
 #: Minimum Spearman correlation with fp32 on the probe set for a faster path to be kept.
 DEFAULT_MIN_PROBE_SPEARMAN = 0.99
+
+_trying_paths: contextvars.ContextVar[bool] = contextvars.ContextVar("ce_rerank_trying_paths", default=False)
+
+
+@contextlib.contextmanager
+def trying_paths() -> Iterator[None]:
+    """While ``precision="auto"`` tries paths nobody asked for, a path failing its probe is news, not a warning.
+
+    The measurement records each refusal and its reason; only a path the user asked for warns.
+    """
+    token = _trying_paths.set(True)
+    try:
+        yield
+    finally:
+        _trying_paths.reset(token)
+
+
+def trying_paths_now() -> bool:
+    """True inside :func:`trying_paths`."""
+    return _trying_paths.get()
+
 
 PROBE_QUERIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (

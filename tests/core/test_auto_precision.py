@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -159,7 +160,7 @@ def test_explicit_precision_and_the_environment_skip_measuring(model, measuremen
     assert measurements == [] and records(model.parent) == []
 
 
-def test_a_path_that_fails_the_probe_is_never_chosen(model, monkeypatch):
+def test_a_path_that_fails_the_probe_is_never_chosen(model, monkeypatch, caplog):
     # Every path but fp32 "times" twice as fast; only the probe stands between them and the choice.
     monkeypatch.setattr(
         auto, "_time_once", lambda engine, pairs, batch: (1.0 if engine.precision == "fp32" else 0.5) + batch / 1000
@@ -170,7 +171,16 @@ def test_a_path_that_fails_the_probe_is_never_chosen(model, monkeypatch):
     for record in records(model.parent):
         record.unlink()
     failing_probe = functools.partial(build_engine, min_probe_spearman=1.01)  # no path can agree that well
-    refused = auto.choose_precision(key_for(model), failing_probe)
+    with caplog.at_level("INFO", logger="ce_rerank_plugins.core._engine"):
+        refused = auto.choose_precision(key_for(model), failing_probe)
     assert refused.precision == "fp32"
     [record] = records(model.parent)
-    assert "onnx" in json.loads(record.read_text())["refused"]
+    assert "changed probe rankings" in json.loads(record.read_text())["refused"]["onnx"]
+    # Nobody asked for onnx: its refusal is recorded and logged at INFO, not warned about.
+    tried = [r for r in caplog.records if "changed probe rankings" in r.getMessage()]
+    assert tried and {r.levelname for r in tried} == {"INFO"}
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ce_rerank_plugins.core._engine"):
+        asked = failing_probe(dataclasses.replace(key_for(model), precision="onnx"))
+    assert asked.precision == "fp32" and "changed probe rankings" in str(asked.fallback_reason)
+    assert [r.levelname for r in caplog.records if "changed probe rankings" in r.getMessage()] == ["WARNING"]
