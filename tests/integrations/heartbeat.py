@@ -10,6 +10,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+#: A gap between beats longer than this is a stall (the beat comes every 5 ms when the loop is free).
+STALL = 0.05
+
 
 async def assert_loop_keeps_ticking(work: Awaitable[T], *, period: float = 0.005) -> T:
     """Await ``work`` while a task ticks every ``period`` seconds; fail if the loop stalled meanwhile."""
@@ -29,6 +32,11 @@ async def assert_loop_keeps_ticking(work: Awaitable[T], *, period: float = 0.005
     await task
     gaps = [b - a for a, b in itertools.pairwise(beats)]
     assert elapsed > 0.05, "the work was too short to show anything"
-    assert len(beats) >= 5
-    assert max(gaps) < max(0.25, elapsed / 3), f"the loop stalled for {max(gaps):.3f}s of {elapsed:.3f}s"
+    assert len(beats) >= 5, f"the loop ticked {len(beats)} times in {elapsed:.3f}s: it was stalled"
+    # Work run in the loop stalls it for all of its time, in one gap or one per call; a busy machine that
+    # takes the CPU away now and then stalls it for a part. So: the time spent in stalls, not the longest.
+    stalled = sum(g for g in gaps if g > STALL)
+    assert stalled < elapsed / 2, (
+        f"the loop was stalled for {stalled:.3f}s of {elapsed:.3f}s (longest stall {max(gaps):.3f}s)"
+    )
     return result
