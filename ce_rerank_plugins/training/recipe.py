@@ -26,6 +26,7 @@ import random
 import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -490,13 +491,18 @@ def validation_metrics(val: Sequence[dict[str, Any]], scores: Sequence[np.ndarra
     return summary
 
 
+def _require_files(data: Path, names: Sequence[str], hint: str) -> None:
+    """Raise ``FileNotFoundError`` naming the first of ``names`` missing from ``data``, and what to do."""
+    for name in names:
+        if not (data / name).is_file():
+            msg = f"{str(data / name)!r} is missing: {hint}"
+            raise FileNotFoundError(msg)
+
+
 def read_validation(data_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """A build's held-out questions (``VALIDATION_FILE``) and the texts their candidates name."""
     data = Path(data_dir)
-    for name in (VALIDATION_FILE, TEXTS_FILE):
-        if not (data / name).is_file():
-            msg = f"{str(data / name)!r} is missing: give the data folder of a recipe build (OUT/data)"
-            raise FileNotFoundError(msg)
+    _require_files(data, (VALIDATION_FILE, TEXTS_FILE), "give the data folder of a recipe build (OUT/data)")
     texts = {r["key"]: r["text"] for r in _read_jsonl_gz(data / TEXTS_FILE)}
     return _read_jsonl_gz(data / VALIDATION_FILE), texts
 
@@ -538,10 +544,9 @@ def check_groups(groups: Sequence[Any], texts: dict[str, str]) -> None:
 def read_training_groups(data_dir: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """A finished build's training groups (``GROUPS_FILE``) and the texts (``TEXTS_FILE``) its keys name."""
     data = Path(data_dir)
-    for name in (GROUPS_FILE, TEXTS_FILE, DATA_MANIFEST):
-        if not (data / name).is_file():
-            msg = f"{str(data / name)!r} is missing: give the data folder of a finished recipe build (OUT/data)"
-            raise FileNotFoundError(msg)
+    _require_files(
+        data, (GROUPS_FILE, TEXTS_FILE, DATA_MANIFEST), "give the data folder of a finished recipe build (OUT/data)"
+    )
     texts = {r["key"]: r["text"] for r in _read_jsonl_gz(data / TEXTS_FILE)}
     return _read_jsonl_gz(data / GROUPS_FILE), texts
 
@@ -569,18 +574,17 @@ def write_derived_groups(
     if out.resolve() == source.resolve():
         msg = f"write derived groups to a folder of their own, not over their source {str(source)!r}"
         raise ValueError(msg)
-    validation, _ = read_validation(source)
+    _require_files(source, (VALIDATION_FILE, DATA_MANIFEST), "give the data folder of a recipe build (OUT/data)")
     check_groups(groups, texts)
-    for where, keys in ((f"held-out question {v['query']!r}", v["docs"]) for v in validation):
-        missing = [k for k in keys if k not in texts]
+    for question in _read_jsonl_gz(source / VALIDATION_FILE):  # not the source's texts: ``texts`` must hold them
+        missing = [k for k in question["docs"] if k not in texts]
         if missing:
+            where = f"held-out question {question['query']!r}"
             msg = f"no text for {missing[0]!r} ({where}): texts must name every member and held-out candidate"
             raise ValueError(msg)
     source_manifest = json.loads((source / DATA_MANIFEST).read_text(encoding="utf-8"))
-    counts: dict[str, int] = {}
-    for group in groups:
-        counts[group["set"]] = counts.get(group["set"], 0) + 1
-    held_out = {name: dict(info) for name, info in source_manifest.get("sets", {}).items()}
+    counts = Counter(group["set"] for group in groups)
+    held_out: dict[str, dict[str, Any]] = source_manifest.get("sets", {})
     none_held_out = {"validation_queries": 0, "held_out_titles": 0}
     sets = {
         name: {**held_out.get(name, none_held_out), "train_groups": counts.get(name, 0)}
@@ -736,10 +740,11 @@ def train_listwise(
         msg = f"misleading_share must be a number in [0, 1), got {share!r}"
         raise ValueError(msg)
     data, out = Path(data_dir), Path(out_dir)
-    for name in (GROUPS_FILE, VALIDATION_FILE, TEXTS_FILE, DATA_MANIFEST):
-        if not (data / name).is_file():
-            msg = f"{str(data / name)!r} is missing: build the groups first (prepare_groups / ce-rerank train --data)"
-            raise FileNotFoundError(msg)
+    _require_files(
+        data,
+        (GROUPS_FILE, VALIDATION_FILE, TEXTS_FILE, DATA_MANIFEST),
+        "build the groups first (prepare_groups / ce-rerank train --data)",
+    )
     groups = _read_jsonl_gz(data / GROUPS_FILE)
     val, texts = read_validation(data)
     if max_val:
