@@ -8,6 +8,7 @@ the CLI and the checks run here, outside Ray, as a user's would.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -248,11 +249,15 @@ def test_index_on_the_cluster_equals_one_process_and_a_lost_node_leaves_no_parti
     out = tmp_path / "lost"
     command = ["index", str(corpus), "--out", str(out), "--ray", "--address", cluster.address, "--actors", "2"]
     command += ["--stall-timeout", "30"]
+    # Ray Data starts handing out batches as soon as one pool actor is up; on a busy machine the head's
+    # actor could embed everything before the worker's had loaded its model, and no node would be lost
+    # mid-run. Here the pool starts work only once both actors are up, so the worker's actor embeds.
     run = subprocess.Popen(
         [sys.executable, "-m", "ce_rerank_plugins.cli", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "120"},
     )
     try:
         removed = cluster.send("remove-worker-once-it-embeds")
