@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any, Literal
+
+from ce_rerank_plugins._validation import check_sequence, check_text
 
 TokenCounter = Callable[[str], int]
 """Counts a text's tokens; pass your LLM's tokenizer for an exact budget."""
@@ -135,6 +139,18 @@ class AssembledContext:
     budget: int
 
 
+def _count(token_counter: TokenCounter, text: str) -> int:
+    """``token_counter(text)`` in whole tokens (an estimate like ``len(text) / 4`` rounds up, so the budget holds).
+
+    Refused unless a finite, non-negative number: NaN would drop every chunk, a negative count overfill the budget.
+    """
+    count = token_counter(text)
+    if isinstance(count, bool) or not isinstance(count, Real) or not math.isfinite(count) or count < 0:
+        msg = f"token_counter must return a non-negative number, got {count!r} for {text[:40]!r}"
+        raise ValueError(msg)
+    return int(count) if isinstance(count, Integral) else math.ceil(count)
+
+
 def _edges_order(chunks: Sequence[ContextChunk]) -> list[ContextChunk]:
     # Best at the start, second best at the end, and so on inwards: long-context models attend most to
     # the two ends ("lost in the middle").
@@ -146,7 +162,7 @@ def _edges_order(chunks: Sequence[ContextChunk]) -> list[ContextChunk]:
 
 
 def assemble_context(
-    chunks: Sequence[ContextChunk],
+    chunks: Iterable[ContextChunk],
     *,
     max_tokens: int,
     token_counter: TokenCounter = approximate_token_count,
@@ -169,7 +185,9 @@ def assemble_context(
         separator: Between chunks.
 
     Raises:
-        ValueError: ``max_tokens < 1`` or an unknown ordering.
+        ValueError: ``max_tokens < 1``, an unknown ordering, repeated citations, a text UTF-8 cannot
+            encode, or a token count that is not a non-negative number.
+        TypeError: ``chunks`` is not a list of :class:`ContextChunk` with string texts.
     """
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         msg = f"max_tokens must be a positive integer, got {max_tokens!r}"
@@ -177,23 +195,25 @@ def assemble_context(
     if ordering not in ("relevance", "edges"):
         msg = f"ordering must be 'relevance' or 'edges', got {ordering!r}"
         raise ValueError(msg)
+    chunks = check_sequence(chunks, "chunks")  # a generator is read once, not once per pass
     seen: dict[str, int] = {}
     for chunk in chunks:
         if not isinstance(chunk, ContextChunk):
             msg = f"chunks must be ContextChunk objects, got {type(chunk).__name__}"
             raise TypeError(msg)
+        check_text(chunk.text, f"the text of chunk {chunk.citation!r}")  # never "None" or "b'...'" in a prompt
         seen[chunk.citation] = seen.get(chunk.citation, 0) + 1
     duplicates = [c for c, n in seen.items() if n > 1]
     if duplicates:
         msg = f"citation labels must be unique, but these repeat: {duplicates[:5]}"
         raise ValueError(msg)
-    separator_tokens = token_counter(separator) if separator else 0
+    separator_tokens = _count(token_counter, separator) if separator else 0
     included: list[ContextChunk] = []
     dropped: list[ContextChunk] = []
     used = 0
     for chunk in chunks:
         block = template.format(citation=chunk.citation, text=chunk.text, source=chunk.source, position=chunk.position)
-        cost = token_counter(block) + (separator_tokens if included else 0)
+        cost = _count(token_counter, block) + (separator_tokens if included else 0)
         if used + cost <= max_tokens:
             included.append(chunk)
             used += cost

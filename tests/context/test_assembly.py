@@ -71,6 +71,40 @@ def test_bad_input():
     assert assemble_context([], max_tokens=10).text == ""
 
 
+def test_chunks_given_as_a_generator_are_all_placed():
+    # The chunks are read twice (citations, then the budget); a generator must not come back empty.
+    ctx = assemble_context((c for c in chunks(3)), max_tokens=1000)
+    assert [c.position for c in ctx.included] == [0, 1, 2]
+    assert ctx.text.startswith("[doc0.txt#0] w0")
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "message"),
+    [
+        (None, TypeError, "the text of chunk 'a#0' must be a string, got NoneType"),
+        (b"raw bytes", TypeError, "the text of chunk 'a#0' must be a string, got bytes"),
+        ("bad \udc80 text", ValueError, "the text of chunk 'a#0' is not valid Unicode text: character 4"),
+    ],
+)
+def test_a_chunk_text_an_llm_cannot_take_is_named(text, error, message):
+    with pytest.raises(error, match=message):
+        assemble_context([*chunks(1), ContextChunk(text, "a", 0)], max_tokens=100)
+
+
+@pytest.mark.parametrize("count", [float("nan"), -1, float("inf"), "3", True])
+def test_a_token_counter_that_does_not_count_is_refused(count):
+    # NaN would drop every chunk (as over budget); a negative count would overfill the budget.
+    with pytest.raises(ValueError, match="token_counter must return a non-negative number"):
+        assemble_context(chunks(2), max_tokens=100, token_counter=lambda _: count)
+
+
+def test_a_fractional_token_estimate_rounds_up_so_the_budget_holds():
+    quarter = assemble_context(chunks(3, words=1), max_tokens=13, token_counter=lambda t: len(t) / 4)
+    # A block "[docN.txt#N] wN" is 15 characters: 3.75 -> 4 tokens, the separator 0.5 -> 1: 4 + 5 fit in 13,
+    # a third block would not (unrounded, 3.75 + 4.25 + 4.25 = 12.25 would let it in).
+    assert quarter.tokens == 9 and len(quarter.included) == 2 and isinstance(quarter.tokens, int)
+
+
 def test_approximate_token_count():
     assert approximate_token_count("Lyon has 522,000 inhabitants.") == 7
 
