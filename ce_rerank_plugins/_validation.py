@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["check_seconds", "check_sequence", "check_text"]
+__all__ = ["check_items", "check_seconds", "check_sequence", "check_text"]
 
 
 def check_text(value: object, where: str) -> str:
@@ -38,6 +38,20 @@ def check_sequence(value: object, name: str) -> list[Any]:
         msg = f"{name} must be a list, got {type(value).__name__}"
         raise TypeError(msg)
     return list(value)
+
+
+def check_items(value: object, name: str, kind: type, kind_name: str) -> list[Any]:
+    """``value`` as a list of ``kind`` objects, refusing a bare string and naming an item of another type.
+
+    The list is read once, so a generator is not used up by a first look (an event, a check) and found
+    empty by the ranking.
+    """
+    items = check_sequence(value, name)
+    for i, item in enumerate(items):
+        if not isinstance(item, kind):
+            msg = f"{name} must be {kind_name} objects, but item {i} is a {type(item).__name__} ({item!r:.60})"
+            raise TypeError(msg)
+    return items
 
 
 def check_seconds(value: object, name: str) -> float:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from ce_rerank_plugins._optional import require
+from ce_rerank_plugins._validation import check_items
 
 require("langchain_core", "langchain", purpose="ce_rerank_plugins.integrations.langchain")
 
@@ -159,6 +160,7 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
         """Rerank ``documents`` for ``query``; best first, at most ``top_n``."""
+        documents = check_items(documents, "documents", Document, "LangChain Document")
         run = CallbackManager.configure(callbacks).on_chain_start(
             {"name": type(self).__name__}, {"query": query, "documents": len(documents)}, name=type(self).__name__
         )
@@ -175,6 +177,7 @@ class CrossEncoderCompressor(BaseDocumentCompressor):
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
         """Async :meth:`compress_documents`; the scoring runs off the event loop."""
+        documents = check_items(documents, "documents", Document, "LangChain Document")
         from langchain_core.callbacks import AsyncCallbackManager
 
         run = await AsyncCallbackManager.configure(callbacks).on_chain_start(

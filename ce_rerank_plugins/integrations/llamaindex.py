@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from ce_rerank_plugins._optional import require
+from ce_rerank_plugins._validation import check_items
 
 require("llama_index.core", "llamaindex", purpose="ce_rerank_plugins.integrations.llamaindex")
 
@@ -146,7 +147,11 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
             out.append(NodeWithScore(node=node, score=r.score))
         return out
 
-    def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> QueryBundle:
+    def _start(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> tuple[list[NodeWithScore], QueryBundle]:
+        # Read once: the start event below would consume a generator and leave nothing to rank.
+        nodes = check_items(nodes, "nodes", NodeWithScore, "LlamaIndex NodeWithScore")
         dispatcher.event(
             ReRankStartEvent(
                 query=query_bundle, nodes=nodes, top_n=self.top_n or len(nodes), model_name=self.core.model_name
@@ -155,7 +160,7 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
         if query_bundle is None:
             msg = "CrossEncoderNodePostprocessor needs the query: pass query_bundle or query_str"
             raise ValueError(msg)
-        return query_bundle
+        return nodes, query_bundle
 
     def _payload(self, nodes: list[NodeWithScore], query_bundle: QueryBundle) -> dict[Any, Any]:
         return {
@@ -168,7 +173,7 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query_bundle = self._start(nodes, query_bundle)
+        nodes, query_bundle = self._start(nodes, query_bundle)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query_bundle)) as event:
             ranked = self.core.rank(query_bundle.query_str, self._texts(nodes), **self._rank_kwargs(nodes))
             out = self._to_nodes(nodes, ranked)
@@ -179,7 +184,7 @@ class CrossEncoderNodePostprocessor(BaseNodePostprocessor):
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query_bundle = self._start(nodes, query_bundle)
+        nodes, query_bundle = self._start(nodes, query_bundle)
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query_bundle)) as event:
             ranked = await self.core.arank(query_bundle.query_str, self._texts(nodes), **self._rank_kwargs(nodes))
             out = self._to_nodes(nodes, ranked)

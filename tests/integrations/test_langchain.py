@@ -119,6 +119,18 @@ def test_compressor_threshold_min_keep_and_empty(tiny_ce_path, docs):
         CrossEncoderCompressor(model=str(tiny_ce_path), topn=3)
 
 
+async def test_compressor_takes_any_iterable_and_names_what_is_not_a_document(compressor, docs):
+    listed = compressor.compress_documents(docs, QUERY)
+    assert [d.id for d in compressor.compress_documents((d for d in docs), QUERY)] == [d.id for d in listed]
+    assert [d.id for d in await compressor.acompress_documents(iter(docs), QUERY)] == [d.id for d in listed]
+    with pytest.raises(TypeError, match="documents must be a list, not a single str"):
+        compressor.compress_documents("How many people live in Lyon?", QUERY)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be LangChain Document objects, but item 1 is a str"):
+        compressor.compress_documents([docs[0], "a bare text"], QUERY)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="must be LangChain Document objects, but item 0 is a dict"):
+        await compressor.acompress_documents([{"page_content": "x"}], QUERY)  # type: ignore[list-item]
+
+
 def test_compressor_honours_callbacks(compressor, docs):
     events: list[str] = []
 

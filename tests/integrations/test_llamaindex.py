@@ -78,6 +78,18 @@ def test_postprocessor_options_and_errors(tiny_ce_path, nodes):
         CrossEncoderNodePostprocessor(model=str(tiny_ce_path), metadata_mode="everything")
 
 
+async def test_postprocessor_takes_any_iterable_and_names_what_is_not_a_node(postprocessor, nodes):
+    # The start event reads the nodes first: a generator used to reach the ranking empty, and nothing came back.
+    listed = [n.node.node_id for n in postprocessor.postprocess_nodes(nodes, query_str=QUERY)]
+    assert [n.node.node_id for n in postprocessor.postprocess_nodes((n for n in nodes), query_str=QUERY)] == listed
+    got = await postprocessor.apostprocess_nodes(iter(nodes), query_str=QUERY)
+    assert [n.node.node_id for n in got] == listed
+    with pytest.raises(TypeError, match="nodes must be a list, not a single str"):
+        postprocessor.postprocess_nodes("Lyon", query_str=QUERY)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be LlamaIndex NodeWithScore objects, but item 1 is a TextNode"):
+        postprocessor.postprocess_nodes([nodes[0], nodes[1].node], query_str=QUERY)  # type: ignore[list-item]
+
+
 async def test_async_postprocess_equals_sync_and_emits_events(postprocessor, nodes):
     collector = EventCollector()
     root = get_dispatcher()
