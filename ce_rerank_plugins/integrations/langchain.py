@@ -286,7 +286,7 @@ def documents_to_context(
             source_key=source_key,
             position_key=position_key,
         )
-        for i, d in enumerate(documents)
+        for i, d in enumerate(check_items(documents, "documents", Document, "LangChain Document"))
     ]
     return assemble_context(
         with_unique_citations(chunks), max_tokens=max_tokens, token_counter=token_counter, ordering=ordering

@@ -256,7 +256,7 @@ def nodes_to_context(
             source_key=source_key,
             position_key=position_key,
         )
-        for n in nodes
+        for n in check_items(nodes, "nodes", NodeWithScore, "LlamaIndex NodeWithScore")
     ]
     return assemble_context(
         with_unique_citations(chunks), max_tokens=max_tokens, token_counter=token_counter, ordering=ordering

@@ -129,6 +129,8 @@ async def test_compressor_takes_any_iterable_and_names_what_is_not_a_document(co
         compressor.compress_documents([docs[0], "a bare text"], QUERY)  # type: ignore[list-item]
     with pytest.raises(TypeError, match="must be LangChain Document objects, but item 0 is a dict"):
         await compressor.acompress_documents([{"page_content": "x"}], QUERY)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="documents must be a list, not a single str"):
+        documents_to_context("a bare text", max_tokens=100)  # type: ignore[arg-type]
 
 
 def test_compressor_honours_callbacks(compressor, docs):

@@ -88,6 +88,8 @@ async def test_postprocessor_takes_any_iterable_and_names_what_is_not_a_node(pos
         postprocessor.postprocess_nodes("Lyon", query_str=QUERY)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must be LlamaIndex NodeWithScore objects, but item 1 is a TextNode"):
         postprocessor.postprocess_nodes([nodes[0], nodes[1].node], query_str=QUERY)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="must be LlamaIndex NodeWithScore objects, but item 0 is a TextNode"):
+        nodes_to_context([nodes[0].node], max_tokens=100)  # type: ignore[list-item]
 
 
 async def test_async_postprocess_equals_sync_and_emits_events(postprocessor, nodes):
