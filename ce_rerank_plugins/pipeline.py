@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ce_rerank_plugins.context import AssembledContext, assemble_context, chunk_from_metadata, with_unique_citations
 from ce_rerank_plugins.core import CrossEncoderReranker
 from ce_rerank_plugins.retrieval import FaissIndex, RetrievalMode, SearchHit
+from ce_rerank_plugins.retrieval.faiss_index import RETRIEVAL_MODES
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,12 @@ class RetrieveRerankPipeline:
         top_n: int = 5,
         mode: RetrievalMode | None = None,
     ) -> None:
-        if k < 1 or top_n < 1:
-            msg = f"k and top_n must be >= 1, got k={k}, top_n={top_n}"
+        for name, value in (("k", k), ("top_n", top_n)):  # refused here, not at the first query
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"{name} must be a positive integer, got {value!r}"
+                raise ValueError(msg)
+        if mode is not None and mode not in RETRIEVAL_MODES:
+            msg = f"mode must be one of {list(RETRIEVAL_MODES)} or None, got {mode!r}"
             raise ValueError(msg)
         self.index = index
         self.reranker = reranker
