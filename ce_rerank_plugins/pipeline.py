@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ce_rerank_plugins.context import AssembledContext, assemble_context, chunk_from_metadata, with_unique_citations
 from ce_rerank_plugins.core import CrossEncoderReranker
 from ce_rerank_plugins.retrieval import FaissIndex, RetrievalMode, SearchHit
-from ce_rerank_plugins.retrieval.faiss_index import RETRIEVAL_MODES
+from ce_rerank_plugins.retrieval.faiss_index import check_search_settings
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,9 @@ class RetrieveRerankPipeline:
         top_n: int = 5,
         mode: RetrievalMode | None = None,
     ) -> None:
-        for name, value in (("k", k), ("top_n", top_n)):  # refused here, not at the first query
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                msg = f"{name} must be a positive integer, got {value!r}"
-                raise ValueError(msg)
-        if mode is not None and mode not in RETRIEVAL_MODES:
-            msg = f"mode must be one of {list(RETRIEVAL_MODES)} or None, got {mode!r}"
+        check_search_settings(k, mode)  # refused here, not at the first query
+        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
+            msg = f"top_n must be a positive integer, got {top_n!r}"
             raise ValueError(msg)
         self.index = index
         self.reranker = reranker

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any, Literal
 
-from ce_rerank_plugins._validation import check_sequence, check_text
+from ce_rerank_plugins._validation import check_items, check_text
 
 TokenCounter = Callable[[str], int]
 """Counts a text's tokens; pass your LLM's tokenizer for an exact budget."""
@@ -195,12 +195,9 @@ def assemble_context(
     if ordering not in ("relevance", "edges"):
         msg = f"ordering must be 'relevance' or 'edges', got {ordering!r}"
         raise ValueError(msg)
-    chunks = check_sequence(chunks, "chunks")  # a generator is read once, not once per pass
+    chunks = check_items(chunks, "chunks", ContextChunk, "ContextChunk")  # read once, not once per pass
     seen: dict[str, int] = {}
     for chunk in chunks:
-        if not isinstance(chunk, ContextChunk):
-            msg = f"chunks must be ContextChunk objects, got {type(chunk).__name__}"
-            raise TypeError(msg)
         check_text(chunk.text, f"the text of chunk {chunk.citation!r}")  # never "None" or "b'...'" in a prompt
         seen[chunk.citation] = seen.get(chunk.citation, 0) + 1
     duplicates = [c for c, n in seen.items() if n > 1]

@@ -36,7 +36,7 @@ from ce_rerank_plugins.context import (  # noqa: E402
 from ce_rerank_plugins.core import RankedResult, Reranker, check_rank_options  # noqa: E402
 from ce_rerank_plugins.integrations._settings import build_reranker  # noqa: E402
 from ce_rerank_plugins.retrieval import FaissIndex  # noqa: E402
-from ce_rerank_plugins.retrieval.faiss_index import RETRIEVAL_MODES, RetrievalMode  # noqa: E402
+from ce_rerank_plugins.retrieval.faiss_index import RetrievalMode, check_search_settings  # noqa: E402
 
 __all__ = ["CrossEncoderNodePostprocessor", "FaissRetriever", "nodes_to_context"]
 
@@ -209,12 +209,7 @@ class FaissRetriever(BaseRetriever):
         mode: RetrievalMode | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            msg = f"k must be a positive integer, got {k!r}"
-            raise ValueError(msg)
-        if mode is not None and mode not in RETRIEVAL_MODES:
-            msg = f"mode must be one of {list(RETRIEVAL_MODES)} or None, got {mode!r}"
-            raise ValueError(msg)
+        check_search_settings(k, mode)
         if mode not in (None, "dense") and not index.lexical:
             msg = f"mode={mode!r} needs an index built with lexical=True"
             raise ValueError(msg)

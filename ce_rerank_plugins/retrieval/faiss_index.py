@@ -85,6 +85,19 @@ def _check_hybrid(fusion: object, weight: object) -> None:
         raise ValueError(msg)
 
 
+def check_search_settings(k: object, mode: object) -> None:
+    """A retriever's own ``k`` (a positive integer) and ``mode`` (a retrieval mode, or None for the index's).
+
+    For the classes that keep settings for later searches, so a bad one is refused when they are built.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        msg = f"k must be a positive integer, got {k!r}"
+        raise ValueError(msg)
+    if mode is not None and mode not in RETRIEVAL_MODES:
+        msg = f"mode must be one of {list(RETRIEVAL_MODES)} or None, got {mode!r}"
+        raise ValueError(msg)
+
+
 def _check_where(where: object) -> None:
     if where is not None and not isinstance(where, Mapping):
         msg = f"where must be a dict of metadata key -> value, got {type(where).__name__} ({where!r:.40})"
