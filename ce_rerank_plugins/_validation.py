@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["check_items", "check_seconds", "check_sequence", "check_text"]
+__all__ = ["check_items", "check_query", "check_seconds", "check_sequence", "check_text"]
 
 
 def check_text(value: object, where: str) -> str:
@@ -27,6 +27,19 @@ def check_text(value: object, where: str) -> str:
         )
         raise ValueError(message) from None
     return value
+
+
+def check_query(value: object, where: str = "query") -> str:
+    """``value`` if it is text (see :func:`check_text`) with something besides whitespace in it.
+
+    An empty query (a missing form field, a template variable left unfilled) would still be scored,
+    and every passage ranked by the model's prior alone, so it is refused instead of answered wrongly.
+    """
+    text = check_text(value, where)
+    if not text.strip():
+        msg = f"{where} is empty ({text!r}); pass the question to rank the passages for"
+        raise ValueError(msg)
+    return text
 
 
 def check_sequence(value: object, name: str) -> list[Any]:

@@ -66,7 +66,7 @@ class RetrieveRerankPipeline:
         top_n: int = 5,
         mode: RetrievalMode | None = None,
     ) -> None:
-        check_search_settings(k, mode)  # refused here, not at the first query
+        check_search_settings(k, mode, index)  # refused here, not at the first query
         if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
             msg = f"top_n must be a positive integer, got {top_n!r}"
             raise ValueError(msg)

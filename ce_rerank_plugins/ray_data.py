@@ -20,7 +20,7 @@ import numpy as np
 
 from ce_rerank_plugins._files import portable_model_name
 from ce_rerank_plugins._optional import require
-from ce_rerank_plugins._validation import check_seconds, check_sequence, check_text
+from ce_rerank_plugins._validation import check_query, check_seconds, check_sequence, check_text
 
 __all__ = ["DEFAULT_STALL_TIMEOUT", "RayDataStalledError", "connect", "embed_texts", "rerank_rows"]
 
@@ -270,7 +270,7 @@ def _check_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if "scores" in row or "ranking" in row:
             msg = f"rows[{i}] already has 'scores' or 'ranking', which rerank_rows would overwrite"
             raise ValueError(msg)
-        query = check_text(row["query"], f"rows[{i}]['query']")
+        query = check_query(row["query"], f"rows[{i}]['query']")
         cands = check_sequence(row["candidates"], f"rows[{i}]['candidates']")
         checked.append(
             {

@@ -36,6 +36,8 @@ def test_the_reranked_top_is_the_rerankers_order_of_the_retrieved_hits(sample_in
         ({"top_n": True}, "top_n must be a positive integer, got True"),
         ({"top_n": "5"}, "top_n must be a positive integer, got '5'"),
         ({"mode": "sparse"}, r"mode must be one of \['dense', 'bm25', 'hybrid'\] or None, got 'sparse'"),
+        ({"mode": "bm25"}, "mode='bm25' needs the BM25 index: build the index with lexical=True"),
+        ({"mode": "hybrid"}, "mode='hybrid' needs the BM25 index"),
     ],
 )
 def test_bad_options_are_refused_when_built_not_at_the_first_query(sample_index, reranker, options, message):

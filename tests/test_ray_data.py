@@ -71,6 +71,7 @@ def test_rerank_rows_equals_the_core_and_keeps_the_rows(local_ray, tiny_ce_path,
         ([{"query": "q", "candidates": "abc"}], TypeError, "candidates'] must be a list"),
         ([{"query": "q", "candidates": ["ok", "bad\ud800"]}], ValueError, r"candidates'\]\[1\]"),
         ([{"query": "q", "candidates": ["a"], "scores": [1]}], ValueError, "would overwrite"),
+        ([{"query": "", "candidates": ["a"]}], ValueError, r"rows\[0\]\['query'\] is empty"),
     ],
 )
 def test_rerank_rows_refuses_bad_rows_before_starting_work(rows, error, message):

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from ce_rerank_plugins._validation import check_text
+from ce_rerank_plugins._validation import check_query, check_text
 from ce_rerank_plugins.core._auto_precision import DEFAULT_BATCH_SIZE, PrecisionChoice, choose_precision
 from ce_rerank_plugins.core._cache import CacheInfo, ScoreCache
 from ce_rerank_plugins.core._engine import DEFAULT_MIN_PROBE_SPEARMAN, ScoringEngine, build_engine
@@ -473,7 +473,7 @@ class CrossEncoderReranker:
             ``RankedResult`` items with the input index as ``corpus_id`` and a Python float score.
             An empty ``documents`` gives an empty list.
         """
-        _check_text(query, "query")
+        check_query(query)
         docs = _check_documents(documents)
         top_n = _check_top_n(top_n)
         threshold = self.score_threshold if score_threshold is None else _check_threshold(score_threshold)

@@ -39,6 +39,7 @@ from ce_rerank_plugins.context import (  # noqa: E402
 from ce_rerank_plugins.core import RankedResult, Reranker, check_rank_options  # noqa: E402
 from ce_rerank_plugins.integrations._settings import build_reranker  # noqa: E402
 from ce_rerank_plugins.retrieval import FaissIndex, SearchHit  # noqa: E402
+from ce_rerank_plugins.retrieval.faiss_index import check_search_settings  # noqa: E402
 
 __all__ = [
     "CrossEncoderCompressor",
@@ -214,8 +215,14 @@ class FaissRetriever(BaseRetriever):
         description="dense | bm25 | hybrid (BM25 needs an index built with lexical=True); None: the index's.",
     )
 
+    @model_validator(mode="after")
+    def _check_settings(self) -> FaissRetriever:
+        check_search_settings(self.k, self.mode, self.index)  # refused when built, not at the first query
+        return self
+
     def _search(self, query: str, k: int | None, where: dict[str, Any] | None) -> list[Document]:
-        hits = self.index.search(query, k=k or self.k, where=where if where is not None else self.where, mode=self.mode)
+        k = self.k if k is None else k  # a per-call k=0 is refused by the index, never replaced
+        hits = self.index.search(query, k=k, where=where if where is not None else self.where, mode=self.mode)
         return [_hit_to_document(h, self.score_key) for h in hits]
 
     def _get_relevant_documents(

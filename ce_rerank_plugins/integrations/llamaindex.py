@@ -209,10 +209,7 @@ class FaissRetriever(BaseRetriever):
         mode: RetrievalMode | None = None,
         **kwargs: Any,
     ) -> None:
-        check_search_settings(k, mode)
-        if mode not in (None, "dense") and not index.lexical:
-            msg = f"mode={mode!r} needs an index built with lexical=True"
-            raise ValueError(msg)
+        check_search_settings(k, mode, index)
         self.index = index
         self.k = k
         self.where = where

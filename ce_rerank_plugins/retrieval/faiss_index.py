@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ce_rerank_plugins._optional import require
-from ce_rerank_plugins._validation import check_sequence, check_text
+from ce_rerank_plugins._validation import check_query, check_sequence, check_text
 from ce_rerank_plugins.core import FloatArray
 from ce_rerank_plugins.retrieval._embedder import Embedder, EmbedderRuntime
 from ce_rerank_plugins.retrieval._lexical import LexicalIndex
@@ -85,16 +85,20 @@ def _check_hybrid(fusion: object, weight: object) -> None:
         raise ValueError(msg)
 
 
-def check_search_settings(k: object, mode: object) -> None:
+def check_search_settings(k: object, mode: object, index: FaissIndex | None = None) -> None:
     """A retriever's own ``k`` (a positive integer) and ``mode`` (a retrieval mode, or None for the index's).
 
-    For the classes that keep settings for later searches, so a bad one is refused when they are built.
+    For the classes that keep settings for later searches, so a bad one is refused when they are built;
+    with ``index``, a BM25 or hybrid ``mode`` on an index without its BM25 side is refused too.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         msg = f"k must be a positive integer, got {k!r}"
         raise ValueError(msg)
     if mode is not None and mode not in RETRIEVAL_MODES:
         msg = f"mode must be one of {list(RETRIEVAL_MODES)} or None, got {mode!r}"
+        raise ValueError(msg)
+    if index is not None and mode not in (None, "dense") and not index.lexical:
+        msg = f"mode={mode!r} needs the BM25 index: build the index with lexical=True"
         raise ValueError(msg)
 
 
@@ -433,7 +437,7 @@ class FaissIndex:
         ``mode`` overrides the index's default (``"dense"``, ``"bm25"``, ``"hybrid"``). A hit's score is
         the cosine (dense), the BM25 score (bm25) or the fused score (hybrid).
         """
-        check_text(query, "query")
+        check_query(query)
         return self.search_many([query], k, where=where, mode=mode)[0]
 
     def search_many(
@@ -450,7 +454,7 @@ class FaissIndex:
             raise TypeError(msg)
         queries = check_sequence(queries, "queries")
         for i, q in enumerate(queries):
-            check_text(q, f"queries[{i}]")
+            check_query(q, f"queries[{i}]")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             msg = f"k must be a positive integer, got {k!r}"
             raise ValueError(msg)

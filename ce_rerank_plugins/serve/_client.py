@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ce_rerank_plugins._optional import require
-from ce_rerank_plugins._validation import check_sequence, check_text
+from ce_rerank_plugins._validation import check_query, check_sequence, check_text
 from ce_rerank_plugins.core import (
     Fusion,
     RankedResult,
@@ -30,7 +30,7 @@ RETRY_STATUSES = frozenset(range(500, 600))
 
 
 def _checked(query: object, documents: object, top_n: object) -> list[str]:
-    check_text(query, "query")
+    check_query(query)
     docs = [check_text(d, f"documents[{i}]") for i, d in enumerate(check_sequence(documents, "documents"))]
     check_rank_options(top_n, None, 0)
     return docs

@@ -165,6 +165,26 @@ async def test_async_reranks_do_not_block_the_event_loop(tiny_ce_path, docs):
     assert all(len(r) == 3 for r in results)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"k": 0}, "k must be a positive integer, got 0"),
+        ({"mode": "bm25"}, "mode='bm25' needs the BM25 index: build the index with lexical=True"),
+    ],
+)
+def test_faiss_retriever_refuses_bad_settings_when_built(sample_index, options, message):
+    assert not sample_index.lexical  # the case the mode check is for
+    with pytest.raises(ValueError, match=message):
+        FaissRetriever(index=sample_index, **options)
+
+
+def test_faiss_retriever_per_call_k_is_used_as_given(sample_index):
+    retriever = FaissRetriever(index=sample_index, k=4)
+    assert len(retriever.invoke(QUERY, k=2)) == 2
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
+        retriever.invoke(QUERY, k=0)  # not silently replaced by the retriever's own k
+
+
 def test_inside_contextual_compression_retriever(compressor, sample_index):
     from langchain_classic.retrievers import ContextualCompressionRetriever
 

@@ -211,5 +211,5 @@ def test_faiss_retriever_in_hybrid_and_bm25_modes(sample_records):
         nodes = FaissRetriever(index, k=3, mode=mode).retrieve("water temperature for coffee")
         assert len(nodes) == 3 and nodes[0].node.node_id.startswith("coffee")
         assert [n.score for n in nodes] == sorted((n.score for n in nodes), reverse=True)
-    with pytest.raises(ValueError, match="needs an index built with lexical=True"):
+    with pytest.raises(ValueError, match="needs the BM25 index: build the index with lexical=True"):
         FaissRetriever(FaissIndex(), mode="bm25")

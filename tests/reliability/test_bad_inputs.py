@@ -51,6 +51,8 @@ CORE = [
     ("rank: bare string", lambda r: r.rank("q", "abc"), TypeError, "documents must be a list of strings"),
     ("rank: None document", lambda r: r.rank("q", ["a", None]), TypeError, r"documents\[1\] must be a string"),
     ("rank: bytes query", lambda r: r.rank(b"q", ["a"]), TypeError, "query must be a string"),
+    ("rank: empty query", lambda r: r.rank("", ["a"]), ValueError, r"query is empty \(''\)"),
+    ("rank: blank query", lambda r: r.rank(" \n\t", []), ValueError, "query is empty"),
     ("rank: surrogate", lambda r: r.rank("q", ["a", SURROGATE]), ValueError, r"documents\[1\] is not valid Unicode"),
     ("rank: NaN threshold", lambda r: r.rank("q", ["a"], score_threshold=float("nan")), ValueError, "is NaN"),
     ("rank: str threshold", lambda r: r.rank("q", ["a"], score_threshold="0.5"), TypeError, "must be a number"),
@@ -88,6 +90,8 @@ INDEX = [
     ("search: k 1.5", lambda ix: ix.search("q", k=1.5), ValueError, "k must be a positive integer"),
     ("search: where str", lambda ix: ix.search("q", where="a.md"), TypeError, "where must be a dict"),
     ("search: None query", lambda ix: ix.search(None), TypeError, "query must be a string"),
+    ("search: empty query", lambda ix: ix.search("  "), ValueError, "query is empty"),
+    ("search_many: empty", lambda ix: ix.search_many(["q", ""]), ValueError, r"queries\[1\] is empty"),
     ("search_many: str", lambda ix: ix.search_many("q"), TypeError, "use search\\(\\) for one query"),
     ("search: surrogate", lambda ix: ix.search(SURROGATE), ValueError, "query is not valid Unicode"),
 ]
@@ -133,6 +137,8 @@ def test_context(case, call, error, match):
 ADAPTERS = [
     ("lc: surrogate", lambda c, p: c.compress_documents(_lc_docs(["a", SURROGATE]), "q"), ValueError, "not valid"),
     ("lc: surrogate query", lambda c, p: c.compress_documents(_lc_docs(["a"]), SURROGATE), ValueError, "query is"),
+    ("lc: empty query", lambda c, p: c.compress_documents(_lc_docs(["a"]), ""), ValueError, "query is empty"),
+    ("li: empty query", lambda c, p: p.postprocess_nodes(_nodes(["a"]), query_str=" "), ValueError, "query is empty"),
     ("li: surrogate", lambda c, p: p.postprocess_nodes(_nodes([SURROGATE]), query_str="q"), ValueError, "not valid"),
 ]
 

@@ -99,6 +99,8 @@ def test_remote_reranker_sync_async_and_predict(server, reranker):
     assert remote.rank(QUERY, []) == []
     with pytest.raises(TypeError, match="documents must be a list"):
         remote.rank(QUERY, "one string")
+    with pytest.raises(ValueError, match="query is empty"):
+        remote.rank("", DOCS)
 
 
 def test_a_chunked_body_over_the_limit_is_refused_like_a_declared_one(server):
@@ -155,6 +157,7 @@ ERROR_CASES = [
     ({"query": "q", "documents": ["a"], "topn": 1}, 422, "topn: Extra inputs are not permitted"),
     ({"query": "q", "documents": ["a"], "model": "other/model"}, 422, "this server serves"),
     ({"query": "q\ud800", "documents": ["a"]}, 422, None),
+    ({"query": " ", "documents": ["a"]}, 422, "query is empty"),
     ({"query": "q", "documents": ["a"] * 65}, 413, "65 documents, more than the limit of 64"),
     ({"query": "q", "documents": ["x" * 201]}, 413, r"documents\[0\] has 201 characters"),
     (
