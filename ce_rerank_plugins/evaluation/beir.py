@@ -66,10 +66,16 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
         if header is None or header[:2] != ["query-id", "corpus-id"]:
             msg = f"{str(path)!r} must start with the header 'query-id\\tcorpus-id\\tscore'"
             raise ValueError(msg)
-        for row in reader:
-            if len(row) < 3:
-                continue
-            grade = int(float(row[2]))
+        for line_no, row in enumerate(reader, 2):
+            if not any(cell.strip() for cell in row):
+                continue  # a blank line
+            try:
+                grade = int(float(row[2])) if len(row) >= 3 else None
+            except (ValueError, OverflowError):  # "high", NaN, infinity
+                grade = None
+            if grade is None:
+                msg = f"{path}:{line_no} must be 'query-id<TAB>corpus-id<TAB>integer score', got {row!r:.80}"
+                raise ValueError(msg)
             if grade > 0:
                 qrels.setdefault(row[0], {})[row[1]] = grade
     return qrels
@@ -80,6 +86,8 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDat
 
     Raises:
         FileNotFoundError: naming the missing file (corpus, queries or qrels of the split).
+        ValueError: naming judged queries that ``queries.jsonl`` lacks or leaves blank (a figure over the
+            rest would silently cover fewer queries than the split judges).
     """
     root = Path(directory).expanduser()
     if not root.is_dir():
@@ -91,5 +99,13 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDat
         for row in read_jsonl(root / "corpus.jsonl")
     }
     all_queries = {str(row["_id"]): str(row["text"]) for row in read_jsonl(root / "queries.jsonl")}
-    queries = {qid: all_queries[qid] for qid in qrels if qid in all_queries}
+    missing = [qid for qid in qrels if qid not in all_queries]
+    if missing:  # evaluating the rest would report a figure over fewer queries than the split judges
+        msg = f"{len(missing)} queries judged in qrels/{split}.tsv are not in queries.jsonl: {missing[:5]}"
+        raise ValueError(msg)
+    blank = [qid for qid in qrels if not all_queries[qid].strip()]
+    if blank:
+        msg = f"{len(blank)} queries judged in qrels/{split}.tsv have no text in queries.jsonl: {blank[:5]}"
+        raise ValueError(msg)
+    queries = {qid: all_queries[qid] for qid in qrels}
     return BeirDataset(name=root.name, corpus=corpus, queries=queries, qrels=qrels)
