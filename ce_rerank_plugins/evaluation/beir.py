@@ -98,7 +98,10 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDat
         str(row["_id"]): {"title": str(row.get("title") or ""), "text": str(row.get("text") or "")}
         for row in read_jsonl(root / "corpus.jsonl")
     }
-    all_queries = {str(row["_id"]): str(row["text"]) for row in read_jsonl(root / "queries.jsonl")}
+    all_queries: dict[str, str] = {}
+    for row in read_jsonl(root / "queries.jsonl"):
+        text = row.get("text")
+        all_queries[str(row["_id"])] = text if isinstance(text, str) else ""  # null or missing: blank, named below
     missing = [qid for qid in qrels if qid not in all_queries]
     if missing:  # evaluating the rest would report a figure over fewer queries than the split judges
         msg = f"{len(missing)} queries judged in qrels/{split}.tsv are not in queries.jsonl: {missing[:5]}"

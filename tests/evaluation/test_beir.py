@@ -35,6 +35,7 @@ def test_only_judged_queries_with_positive_grades_are_kept(tmp_path):
             r"1 queries judged in qrels/test.tsv are not in queries.jsonl: \['q9'\]",
         ),
         ({"q1": "one", "q2": "  "}, "q1\ta\t1\nq2\tb\t1\n", r"have no text in queries.jsonl: \['q2'\]"),
+        ({"q1": "one", "q2": None}, "q1\ta\t1\nq2\tb\t1\n", r"1 queries judged .* have no text .*\['q2'\]"),
         ({"q1": "one"}, "q1\ta\n", r"test.tsv:2 must be 'query-id<TAB>corpus-id<TAB>integer score'"),
         ({"q1": "one"}, "q1\ta\t1\nq1\tb\thigh\n", r"test.tsv:3 must be"),
         ({"q1": "one"}, "q1\ta\tnan\n", r"test.tsv:2 must be"),
