@@ -455,17 +455,9 @@ class FaissIndex:
         queries = check_sequence(queries, "queries")
         for i, q in enumerate(queries):
             check_query(q, f"queries[{i}]")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            msg = f"k must be a positive integer, got {k!r}"
-            raise ValueError(msg)
+        check_search_settings(k, mode, self)  # the same check the retrievers make when built
         _check_where(where)
-        mode = self.mode if mode is None else mode
-        if mode not in RETRIEVAL_MODES:
-            msg = f"mode must be one of {list(RETRIEVAL_MODES)}, got {mode!r}"
-            raise ValueError(msg)
-        if mode != "dense" and self._lexical is None:
-            msg = f"mode={mode!r} needs the BM25 index: build the index with lexical=True"
-            raise ValueError(msg)
+        mode = self.mode if mode is None else mode  # the index's own mode was checked when it was built
         if not queries:
             return []
         if mode == "bm25":
