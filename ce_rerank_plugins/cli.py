@@ -171,11 +171,11 @@ def pairs(
         note(f"{directory}: {len(made)} pairs from {len(dataset.queries)} {split} queries")
         collected += made
     for directory in inverse_cloze or []:
-        from ce_rerank_plugins.evaluation.beir import read_jsonl
+        from ce_rerank_plugins.evaluation.beir import read_records
 
         corpus = {
-            str(r["_id"]): {"title": str(r.get("title") or ""), "text": str(r.get("text") or "")}
-            for r in read_jsonl(Path(directory) / "corpus.jsonl")
+            doc_id: {"title": str(r.get("title") or ""), "text": str(r.get("text") or "")}
+            for doc_id, r in read_records(Path(directory) / "corpus.jsonl").items()
         }
         index = index_for(directory, corpus)
         made = inverse_cloze_pairs(corpus, index, depth=depth, num_negatives=negatives, seed=seed)

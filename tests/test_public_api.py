@@ -184,7 +184,7 @@ EXPECTED_ALL = {
         "run_on_ray",
         "uvicorn_config",
     ],
-    "ce_rerank_plugins.evaluation": ["BeirDataset", "load_beir", "read_jsonl", "read_qrels"],
+    "ce_rerank_plugins.evaluation": ["BeirDataset", "load_beir", "read_jsonl", "read_qrels", "read_records"],
     "ce_rerank_plugins.ray_data": [
         "DEFAULT_STALL_TIMEOUT",
         "RayDataStalledError",

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ce_rerank_plugins.evaluation.beir import BeirDataset, load_beir, read_jsonl, read_qrels
+from ce_rerank_plugins.evaluation.beir import BeirDataset, load_beir, read_jsonl, read_qrels, read_records
 
-__all__ = ["BeirDataset", "load_beir", "read_jsonl", "read_qrels"]
+__all__ = ["BeirDataset", "load_beir", "read_jsonl", "read_qrels", "read_records"]

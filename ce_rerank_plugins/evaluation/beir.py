@@ -54,6 +54,39 @@ def read_jsonl(path: Path) -> list[dict[str, object]]:
     return rows
 
 
+def read_records(path: Path) -> dict[str, dict[str, object]]:
+    """The rows of a BEIR ``corpus.jsonl`` or ``queries.jsonl`` by their ``_id``.
+
+    A row that is not an object, has no ``_id`` (or an empty one), or repeats an earlier row's ``_id`` is
+    named by line: a repeated id would otherwise keep only its last row, silently dropping the others.
+    """
+    if not path.is_file():
+        msg = f"{path.name} is missing from the dataset directory {str(path.parent)!r}"
+        raise FileNotFoundError(msg)
+    records: dict[str, dict[str, object]] = {}
+    first_line: dict[str, int] = {}
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                msg = f"{path}:{line_no} is not valid JSON: {exc}"
+                raise ValueError(msg) from exc
+            raw_id = row.get("_id") if isinstance(row, dict) else None
+            if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or not str(raw_id).strip():
+                msg = f"{path}:{line_no} must be a JSON object with a non-empty string '_id', got {line.strip()!r:.80}"
+                raise ValueError(msg)
+            key = str(raw_id)
+            if key in records:
+                msg = f"{path}:{line_no} repeats the _id {key!r} of line {first_line[key]}"
+                raise ValueError(msg)
+            records[key] = row
+            first_line[key] = line_no
+    return records
+
+
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """``query-id corpus-id score`` TSV (with header) to {query id: {doc id: grade}}, positive grades only."""
     if not path.is_file():
@@ -86,8 +119,9 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDat
 
     Raises:
         FileNotFoundError: naming the missing file (corpus, queries or qrels of the split).
-        ValueError: naming judged queries that ``queries.jsonl`` lacks or leaves blank (a figure over the
-            rest would silently cover fewer queries than the split judges).
+        ValueError: naming a corpus or queries row without an ``_id`` or with a repeated one, and
+            judged queries that ``queries.jsonl`` lacks or leaves blank (a figure over the rest would
+            silently cover fewer queries than the split judges).
     """
     root = Path(directory).expanduser()
     if not root.is_dir():
@@ -95,13 +129,13 @@ def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDat
         raise FileNotFoundError(msg)
     qrels = read_qrels(root / "qrels" / f"{split}.tsv")
     corpus = {
-        str(row["_id"]): {"title": str(row.get("title") or ""), "text": str(row.get("text") or "")}
-        for row in read_jsonl(root / "corpus.jsonl")
+        doc_id: {"title": str(row.get("title") or ""), "text": str(row.get("text") or "")}
+        for doc_id, row in read_records(root / "corpus.jsonl").items()
     }
     all_queries: dict[str, str] = {}
-    for row in read_jsonl(root / "queries.jsonl"):
+    for qid, row in read_records(root / "queries.jsonl").items():
         text = row.get("text")
-        all_queries[str(row["_id"])] = text if isinstance(text, str) else ""  # null or missing: blank, named below
+        all_queries[qid] = text if isinstance(text, str) else ""  # null or missing: blank, named below
     missing = [qid for qid in qrels if qid not in all_queries]
     if missing:  # evaluating the rest would report a figure over fewer queries than the split judges
         msg = f"{len(missing)} queries judged in qrels/{split}.tsv are not in queries.jsonl: {missing[:5]}"

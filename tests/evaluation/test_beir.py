@@ -45,3 +45,42 @@ def test_a_judged_query_that_cannot_be_evaluated_is_named_not_dropped(tmp_path, 
     root = _dataset(tmp_path / "d", queries, qrels)
     with pytest.raises(ValueError, match=message):
         load_beir(root)
+
+
+@pytest.mark.parametrize(
+    ("file", "lines", "message"),
+    [
+        (
+            "queries.jsonl",
+            ['{"text": "no id"}'],
+            r"queries.jsonl:1 must be a JSON object with a non-empty string '_id'",
+        ),
+        ("queries.jsonl", ['{"_id": "q1", "text": "one"}', '["q2", "two"]'], r"queries.jsonl:2 must be a JSON object"),
+        ("queries.jsonl", ['{"_id": " ", "text": "blank id"}'], r"queries.jsonl:1 must be a JSON object"),
+        ("corpus.jsonl", ['{"_id": null, "text": "x"}'], r"corpus.jsonl:1 must be a JSON object"),
+        (
+            "corpus.jsonl",
+            ['{"_id": "a", "text": "first"}', '{"_id": "b", "text": "b"}', '{"_id": "a", "text": "second"}'],
+            r"corpus.jsonl:3 repeats the _id 'a' of line 1",
+        ),
+        (
+            "queries.jsonl",
+            ['{"_id": "q1", "text": "one"}', '{"_id": "q1", "text": "one again"}'],
+            r"queries.jsonl:2 repeats the _id 'q1' of line 1",
+        ),
+    ],
+)
+def test_a_row_without_an_id_or_with_a_repeated_one_is_named_by_line(tmp_path, file, lines, message):
+    root = _dataset(tmp_path / "d", {"q1": "one"}, "q1\ta\t1\n")
+    (root / file).write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=message):
+        load_beir(root)
+
+
+def test_numeric_ids_are_read_as_strings(tmp_path):
+    root = _dataset(tmp_path / "d", {"q1": "one"}, "7\t3\t1\n")
+    (root / "corpus.jsonl").write_text('{"_id": 3, "text": "three"}\n')
+    (root / "queries.jsonl").write_text('{"_id": 7, "text": "seven"}\n')
+    data = load_beir(root)
+    assert data.queries == {"7": "seven"}
+    assert data.doc_text("3") == "three"
