@@ -256,6 +256,23 @@ def train(
         Path | None,
         typer.Option(help="Recipe: hold out again the questions of an earlier run's OUT/data (continuing its model)."),
     ] = None,
+    sentence_groups: Annotated[
+        int,
+        typer.Option(help="Recipe: groups of single sentences (the bi-encoder picks the answering one); 0: none."),
+    ] = 0,
+    sentence_sets: Annotated[
+        str, typer.Option(help="Recipe: comma-separated set names sentence groups come from (default: all).")
+    ] = "",
+    paragraph_groups: Annotated[
+        int, typer.Option(help="Recipe: keep at most this many paragraph groups, drawn at random (0: all).")
+    ] = 0,
+    repeated_questions: Annotated[
+        bool,
+        typer.Option(
+            "--repeated-questions/--no-repeated-questions",
+            help="Recipe: add to each sentence group a member that repeats the question before a wrong sentence.",
+        ),
+    ] = False,
     time_budget: Annotated[
         float, typer.Option(help="Recipe: stop training after this many seconds (0: no limit).")
     ] = 0,
@@ -292,6 +309,10 @@ def train(
             max_holdout=max_holdout,
             holdout_from=holdout_from,
             word_sharing=word_sharing,
+            sentence_groups=sentence_groups,
+            sentence_sets=tuple(n.strip() for n in sentence_sets.split(",") if n.strip()),
+            paragraph_groups=paragraph_groups,
+            repeated_questions=repeated_questions,
             max_queries=max_queries,
             time_budget=time_budget,
             threads=threads,
@@ -404,6 +425,10 @@ def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: st
         max_holdout=options["max_holdout"],
         holdout_from=None if options["holdout_from"] is None else str(options["holdout_from"]),
         word_sharing=options["word_sharing"],
+        sentence_groups=options["sentence_groups"],
+        sentence_sets=options["sentence_sets"],
+        paragraph_groups=options["paragraph_groups"],
+        repeated_questions=options["repeated_questions"],
         max_queries=options["max_queries"],
         seed=options["seed"],
     )
@@ -412,7 +437,8 @@ def _train_recipe(out: Path, data: list[Path], *, base: str | None, embedder: st
     if built_before.get("sources") == sources:
         # Groups built with other options are other groups: reusing them silently would train on what was not asked.
         # The seed also seeds training, so a run may train the same groups with another one (said, not refused).
-        recorded, asked = built_before.get("settings", {}), dataclasses.asdict(settings)
+        # As JSON has them (a tuple of set names is a list there), so only a real difference counts.
+        recorded, asked = built_before.get("settings", {}), json.loads(json.dumps(dataclasses.asdict(settings)))
         changed = [k for k in asked if k != "seed" and k in recorded and recorded[k] != asked[k]]
         if changed:
             shown = ", ".join(f"{k}: built {recorded[k]!r}, asked {asked[k]!r}" for k in changed)

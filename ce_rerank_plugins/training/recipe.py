@@ -74,6 +74,13 @@ class GroupSettings:
             titles too), for a run that continues from a model trained on that build: a fresh split
             would validate it on questions it was trained on. Sets that build did not have are split
             afresh.
+        sentence_groups: This many groups (at most) whose members are single sentences: a training
+            question's answering paragraph split into sentences, the bi-encoder choosing the one that
+            answers (:mod:`ce_rerank_plugins.training.sentences`). 0: none.
+        sentence_sets: The sets (folder names) sentence groups are made from; empty: every set.
+        paragraph_groups: Keep at most this many of the paragraph groups, drawn at random (0: all).
+        repeated_questions: Give each sentence group a member that repeats the question before a
+            negative sentence (and every second group's answer the same way).
     """
 
     mining: str = "bm25"
@@ -88,6 +95,10 @@ class GroupSettings:
     seed: int = 4
     word_sharing: int = 0
     holdout_from: str | None = None
+    sentence_groups: int = 0
+    sentence_sets: tuple[str, ...] = ()
+    paragraph_groups: int = 0
+    repeated_questions: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,12 +209,31 @@ def prepare_groups(
     if settings.mining not in ("bm25", "dense"):
         msg = f"mining must be 'bm25' or 'dense', got {settings.mining!r}"
         raise ValueError(msg)
-    for name, least in (("negatives", 1), ("depth", 1), ("val_depth", 1), ("max_holdout", 1), ("word_sharing", 0)):
+    for name, least in (
+        ("negatives", 1),
+        ("depth", 1),
+        ("val_depth", 1),
+        ("max_holdout", 1),
+        ("word_sharing", 0),
+        ("sentence_groups", 0),
+        ("paragraph_groups", 0),
+    ):
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             kind = "a positive integer" if least else "an integer >= 0"
             msg = f"{name} must be {kind}, got {value!r}"
             raise ValueError(msg)
+    names = _set_names(data_dirs)
+    if isinstance(settings.sentence_sets, str) or not all(isinstance(n, str) for n in settings.sentence_sets):
+        msg = f"sentence_sets must be a tuple of set names, got {settings.sentence_sets!r}"
+        raise TypeError(msg)
+    unknown = [n for n in settings.sentence_sets if n not in names]
+    if unknown:
+        msg = f"sentence_sets names {unknown[0]!r}, which is not one of the sets: {', '.join(names)}"
+        raise ValueError(msg)
+    if (settings.repeated_questions or settings.sentence_sets) and not settings.sentence_groups:
+        msg = "repeated_questions and sentence_sets shape sentence groups: set sentence_groups too"
+        raise ValueError(msg)
     earlier = _earlier_holdout(settings.holdout_from)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,11 +244,8 @@ def prepare_groups(
     groups: list[dict[str, Any]] = []
     validation: list[dict[str, Any]] = []
     per_set: dict[str, dict[str, int]] = {}
-    taken: set[str] = set()
-    for directory in map(Path, data_dirs):
+    for directory, name in zip(map(Path, data_dirs), names, strict=True):
         dataset = load_beir(directory, "train")
-        name = _set_name(directory, taken)
-        taken.add(name)
         doc_ids = list(dataset.corpus)
         position = {d: i for i, d in enumerate(doc_ids)}
         doc_texts = [document_text(dataset.corpus[d]) for d in doc_ids]
@@ -312,12 +339,74 @@ def prepare_groups(
         per_set[name] = {"train_groups": made, "validation_queries": len(held_qids), "held_out_titles": len(held_keys)}
         logger.info("%s: %d groups, %d held out (%.0f s)", name, made, len(held_qids), time.perf_counter() - t0)
     rng.shuffle(groups)
+    if settings.sentence_groups:
+        groups, texts = _with_sentence_groups(groups, texts, settings, rng, embed, per_set)
+    elif settings.paragraph_groups:
+        groups = rng.sample(groups, min(settings.paragraph_groups, len(groups)))
+        for name, counts in per_set.items():
+            counts["train_groups"] = sum(g["set"] == name for g in groups)
     _write_jsonl_gz(out / GROUPS_FILE, groups)
     _write_jsonl_gz(out / VALIDATION_FILE, validation)
     _write_jsonl_gz(out / TEXTS_FILE, ({"key": k, "text": v} for k, v in texts.items()))
     manifest = {"sets": per_set, "settings": asdict(settings), "sources": [str(Path(d)) for d in data_dirs]}
     _write_manifest(out, manifest)
     return manifest
+
+
+def _set_names(data_dirs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Each set's name: its folder's, with ``-2``, ``-3``... where two folders share one."""
+    names: list[str] = []
+    for directory in map(Path, data_dirs):
+        names.append(_set_name(directory, set(names)))
+    return names
+
+
+def _default_embed() -> Callable[[list[str]], Any]:
+    from ce_rerank_plugins.retrieval import Embedder
+
+    embedder = Embedder()
+
+    def embed(texts: list[str]) -> Any:
+        return embedder.encode(texts, show_progress=len(texts) > 2000)
+
+    return embed
+
+
+def _with_sentence_groups(
+    groups: list[dict[str, Any]],
+    texts: dict[str, str],
+    settings: GroupSettings,
+    rng: random.Random,
+    embed: Callable[[list[str]], Any] | None,
+    per_set: dict[str, dict[str, int]],
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Sentence groups made from ``groups`` beside (a draw of) ``groups`` themselves, shuffled together."""
+    from ce_rerank_plugins.training.sentences import add_repeated_questions, sentence_groups
+
+    t0 = time.perf_counter()
+    made, made_texts = sentence_groups(
+        groups,
+        texts,
+        settings.sentence_groups,
+        embed=embed or _default_embed(),
+        rng=rng,
+        sets=settings.sentence_sets,
+    )
+    texts = {**texts, **made_texts}
+    if settings.repeated_questions:
+        made, made_texts = add_repeated_questions(made, texts, rng)
+        texts.update(made_texts)
+    if settings.paragraph_groups:
+        groups = rng.sample(groups, min(settings.paragraph_groups, len(groups)))
+    mixed = made + groups
+    rng.shuffle(mixed)
+    for name, counts in per_set.items():
+        counts["sentence_groups"] = sum(g["set"] == name for g in made)
+        counts["train_groups"] = sum(g["set"] == name for g in mixed)
+    logger.info(
+        "%d sentence groups beside %d paragraph groups (%.0f s)", len(made), len(groups), time.perf_counter() - t0
+    )
+    return mixed, texts
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -440,13 +529,7 @@ def _first_stage(
             out.append(([i for i, _ in hits], [s for _, s in hits]))
         return out
     if embed is None:
-        from ce_rerank_plugins.retrieval import Embedder
-
-        embedder = Embedder()
-
-        def embed(texts: list[str]) -> Any:
-            return embedder.encode(texts, show_progress=len(texts) > 2000)
-
+        embed = _default_embed()
     doc_vectors = np.asarray(embed(doc_texts), dtype=np.float32)
     query_vectors = np.asarray(embed(queries), dtype=np.float32)
     out = []
