@@ -754,6 +754,7 @@ def save_cross_encoder(model: Any, tokenizer: Any, folder: Path, fusion: tuple[s
     half.config.label2id = {"relevance": 0}
     half.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    _drop_training_truncation(tmp / "tokenizer.json", tokenizer.model_max_length)
     config_path = tmp / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["dtype"] = "float32"
@@ -765,6 +766,25 @@ def save_cross_encoder(model: Any, tokenizer: Any, folder: Path, fusion: tuple[s
             json.dumps({"fusion": fusion[0], "fusion_weight": fusion[1]}) + "\n", encoding="utf-8"
         )
     _swap_in(tmp, folder)
+
+
+def _drop_training_truncation(path: Path, model_max_length: int) -> None:
+    """Store the model's own token limit in a saved fast tokenizer, not the training run's budget.
+
+    A fast tokenizer saves the truncation of its last call; after a run at ``--max-length 192`` a plain
+    ``tokenizers`` user of the saved model would cut every pair at 192 tokens. (transformers and
+    sentence-transformers set the truncation on each call, so their scores do not depend on it.)
+    """
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data.get("truncation"), dict):
+        return
+    if isinstance(model_max_length, int) and 0 < model_max_length <= 1_000_000:
+        data["truncation"]["max_length"] = model_max_length
+    else:  # no limit of its own (transformers' "very large" sentinel)
+        data["truncation"] = None
+    atomic_write(path, json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8"))
 
 
 def _swap_in(new: Path, target: Path) -> None:

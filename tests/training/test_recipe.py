@@ -321,6 +321,11 @@ def test_an_interrupted_run_resumes_to_the_same_weights(two_sets, tmp_path, tiny
     assert json.loads((model_dir / "config.json").read_text())["dtype"] == "float32"
     assert {str(v.dtype) for v in weights(model_dir).values()} == {"float16"}
     assert all(f.stat().st_mode & 0o444 == 0o444 for f in model_dir.iterdir()), "readable by every user"
+    # The run's --max-length (64) is not saved as the tokenizer's own truncation.
+    base_truncation = json.loads((tiny_ce_path / "tokenizer.json").read_text()).get("truncation")
+    saved_truncation = json.loads((model_dir / "tokenizer.json").read_text())["truncation"]
+    limit = json.loads((model_dir / "tokenizer_config.json").read_text()).get("model_max_length")
+    assert saved_truncation is None or saved_truncation["max_length"] == limit != 64, (base_truncation, limit)
     reranker = CrossEncoderReranker(model_dir, precision="fp32")
     assert reranker.fusion == recommended["fusion"]
     assert len(reranker.rank("What is Lyon known for?", ["Lyon silk", "Porto wine"])) == 2
