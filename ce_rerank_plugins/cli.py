@@ -823,8 +823,8 @@ def eval_command(
             f"{m['mrr@10']:.4f}",
             f"{m['recall@10']:.4f}",
             f"{m['recall@100']:.4f}",
-            f"{s.latency_ms_median:.1f}",
-            f"{s.latency_ms_p95:.1f}",
+            "-" if s.latency_ms_median is None else f"{s.latency_ms_median:.1f}",
+            "-" if s.latency_ms_p95 is None else f"{s.latency_ms_p95:.1f}",
         )
     console.print(table)
     note(f"wrote {json_path} and {png_path}")

@@ -38,7 +38,7 @@ def card_table(run: Path, dataset: str) -> str:
         m = stage["metrics"]
         lines.append(
             f"| {stage['name']} | {m['ndcg@10']:.4f} | {m['mrr@10']:.4f} | {m['recall@100']:.4f} | "
-            f"{stage['latency_ms_median']:.1f} |"
+            f"{'-' if stage['latency_ms_median'] is None else format(stage['latency_ms_median'], '.1f')} |"
         )
     return "\n".join(lines)
 

@@ -30,13 +30,17 @@ METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
 
 @dataclass
 class StageResult:
-    """Metrics and latency of one configuration (retrieval only, or rerank at one depth)."""
+    """Metrics and latency of one configuration (retrieval only, or rerank at one depth).
+
+    A rerank row's latency is None when no query was timed (``latency_queries=0``): it is not the
+    retrieval's figure, which would read as reranking for free.
+    """
 
     name: str
     depth: int
     metrics: dict[str, float]
-    latency_ms_median: float
-    latency_ms_p95: float
+    latency_ms_median: float | None
+    latency_ms_p95: float | None
 
 
 @dataclass
@@ -221,10 +225,14 @@ def _rerank_rows(
                     f"{prefix}rerank@{depth}{suffix}",
                     depth,
                     ranx_metrics(dataset.qrels, run),
-                    statistics.median(latencies) + first.latency_ms_median if latencies else first.latency_ms_median,
-                    _p95(latencies) + first.latency_ms_p95 if latencies else first.latency_ms_p95,
+                    _plus(statistics.median(latencies), first.latency_ms_median) if latencies else None,
+                    _plus(_p95(latencies), first.latency_ms_p95) if latencies else None,
                 )
             )
+
+
+def _plus(rerank_ms: float, retrieval_ms: float | None) -> float:
+    return rerank_ms + (retrieval_ms or 0.0)
 
 
 def plot_report(report: EvaluationReport, path: str | Path) -> Path:
@@ -257,12 +265,15 @@ def plot_report(report: EvaluationReport, path: str | Path) -> Path:
     ax.set_ylabel("quality")
     ax.set_xticks(depths)
     ax.grid(alpha=0.3)
-    ax2 = ax.twinx()
-    ax2.plot(depths, [s.latency_ms_median for s in plain], "^:", color="tab:red", label="latency (median)")
-    ax2.set_ylabel("ms per query (retrieve + rerank)", color="tab:red")
     lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="lower right")
+    timed = [(s.depth, s.latency_ms_median) for s in plain if s.latency_ms_median is not None]
+    if len(timed) > 1:  # the retrieval row alone is no curve: rerank latency was not measured
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*timed, strict=True), "^:", color="tab:red", label="latency (median)")
+        ax2.set_ylabel("ms per query (retrieve + rerank)", color="tab:red")
+        lines2 = ax2.get_legend_handles_labels()
+        lines = (lines[0] + lines2[0], lines[1] + lines2[1])
+    ax.legend(lines[0], lines[1], loc="lower right")
     title = f"{report.dataset}: {report.queries} queries, reranker {Path(report.reranker).name or 'none'}"
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
