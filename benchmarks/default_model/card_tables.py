@@ -1,6 +1,6 @@
 """Print a candidate's figure tables from its evaluation records, for the model card and the docs.
 
-    python benchmarks/default_model/card_tables.py benchmarks/default_model/cpu_run_v1415soup [--baseline gpu_run_v3]
+    python benchmarks/default_model/card_tables.py benchmarks/default_model/cpu_run_v1415soup [--baseline gpu_run_v3] [--without-ms]
 
 Reads RUN/scifact_eval.json and RUN/msmarco_eval.json (written by ``ce-rerank eval``) and the baseline's,
 and prints (1) the card's per-set tables (every stage: nDCG@10, MRR@10, R@100, median ms), the format
@@ -26,20 +26,22 @@ def _stages(run: Path, dataset: str) -> tuple[dict[str, Any], dict[str, dict[str
     return record, {stage["name"]: stage for stage in record["stages"]}
 
 
-def card_table(run: Path, dataset: str) -> str:
+def card_table(run: Path, dataset: str, *, with_ms: bool = True) -> str:
+    """One set's card table; ``with_ms=False`` leaves out the latency column (for untimed records)."""
     record, _ = _stages(run, dataset)
     lines = [
         f"### {dataset} ({record['queries']} queries)",
         "",
-        "| stage | nDCG@10 | MRR@10 | R@100 | ms |",
-        "|---|---:|---:|---:|---:|",
+        "| stage | nDCG@10 | MRR@10 | R@100 |" + (" ms |" if with_ms else ""),
+        "|---|---:|---:|---:|" + ("---:|" if with_ms else ""),
     ]
     for stage in record["stages"]:
         m = stage["metrics"]
-        lines.append(
-            f"| {stage['name']} | {m['ndcg@10']:.4f} | {m['mrr@10']:.4f} | {m['recall@100']:.4f} | "
-            f"{'-' if stage['latency_ms_median'] is None else format(stage['latency_ms_median'], '.1f')} |"
-        )
+        row = f"| {stage['name']} | {m['ndcg@10']:.4f} | {m['mrr@10']:.4f} | {m['recall@100']:.4f} |"
+        if with_ms:
+            ms = stage["latency_ms_median"]
+            row += f" {'-' if ms is None else format(ms, '.1f')} |"
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -87,9 +89,10 @@ def main() -> None:
     )
     parser.add_argument("--label", default="this model")
     parser.add_argument("--baseline-label", default="recipe v3")
+    parser.add_argument("--without-ms", action="store_true", help="Leave out latency (records made untimed).")
     args = parser.parse_args()
     for dataset, _ in SETS:
-        print(card_table(args.run, dataset))
+        print(card_table(args.run, dataset, with_ms=not args.without_ms))
         print()
     print(summary_rows(args.run, HERE / args.baseline, args.label, args.baseline_label))
 
