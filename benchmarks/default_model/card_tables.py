@@ -1,6 +1,6 @@
 """Print a candidate's figure tables from its evaluation records, for the model card and the docs.
 
-    python benchmarks/default_model/card_tables.py benchmarks/default_model/cpu_run_v1415soup [--baseline gpu_run_v3] [--without-ms]
+    python benchmarks/default_model/card_tables.py RUN_FOLDER [--baseline gpu_run_v3] [--without-ms]
 
 Reads RUN/scifact_eval.json and RUN/msmarco_eval.json (written by ``ce-rerank eval``) and the baseline's,
 and prints (1) the card's per-set tables (every stage: nDCG@10, MRR@10, R@100, median ms), the format
