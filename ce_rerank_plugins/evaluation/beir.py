@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -36,22 +37,26 @@ def document_text(doc: Mapping[str, str]) -> str:
     return f"{title} {doc['text']}".strip() if title else doc["text"]
 
 
-def read_jsonl(path: Path) -> list[dict[str, object]]:
-    """The rows of a BEIR JSON Lines file (``corpus.jsonl``, ``queries.jsonl``); a missing file is named."""
+def _numbered_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+    """Each non-blank line of a JSON Lines file, numbered, with its value; a missing file or bad line is named."""
     if not path.is_file():
         msg = f"{path.name} is missing from the dataset directory {str(path.parent)!r}"
         raise FileNotFoundError(msg)
-    rows = []
     with path.open(encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                value = json.loads(line)
             except json.JSONDecodeError as exc:
                 msg = f"{path}:{line_no} is not valid JSON: {exc}"
                 raise ValueError(msg) from exc
-    return rows
+            yield line_no, line, value
+
+
+def read_jsonl(path: Path) -> list[dict[str, object]]:
+    """The rows of a BEIR JSON Lines file (``corpus.jsonl``, ``queries.jsonl``); a missing file is named."""
+    return [row for _, _, row in _numbered_rows(path)]
 
 
 def read_records(path: Path) -> dict[str, dict[str, object]]:
@@ -60,30 +65,19 @@ def read_records(path: Path) -> dict[str, dict[str, object]]:
     A row that is not an object, has no ``_id`` (or an empty one), or repeats an earlier row's ``_id`` is
     named by line: a repeated id would otherwise keep only its last row, silently dropping the others.
     """
-    if not path.is_file():
-        msg = f"{path.name} is missing from the dataset directory {str(path.parent)!r}"
-        raise FileNotFoundError(msg)
     records: dict[str, dict[str, object]] = {}
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                msg = f"{path}:{line_no} is not valid JSON: {exc}"
-                raise ValueError(msg) from exc
-            raw_id = row.get("_id") if isinstance(row, dict) else None
-            if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or not str(raw_id).strip():
-                msg = f"{path}:{line_no} must be a JSON object with a non-empty string '_id', got {line.strip()!r:.80}"
-                raise ValueError(msg)
-            key = str(raw_id)
-            if key in records:
-                msg = f"{path}:{line_no} repeats the _id {key!r} of line {first_line[key]}"
-                raise ValueError(msg)
-            records[key] = row
-            first_line[key] = line_no
+    for line_no, line, row in _numbered_rows(path):
+        raw_id = row.get("_id") if isinstance(row, dict) else None
+        if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or not str(raw_id).strip():
+            msg = f"{path}:{line_no} must be a JSON object with a non-empty string '_id', got {line.strip()!r:.80}"
+            raise ValueError(msg)
+        key = str(raw_id)
+        if key in records:
+            msg = f"{path}:{line_no} repeats the _id {key!r} of line {first_line[key]}"
+            raise ValueError(msg)
+        records[key] = row
+        first_line[key] = line_no
     return records
 
 
