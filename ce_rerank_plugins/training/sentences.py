@@ -41,9 +41,8 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if len(s.split()) >= 4]
 
 
-def _choose(question: str, scored: list[tuple[float, int, str]]) -> tuple[float, int, str] | None:
-    """The answering sentence of the positive paragraph, or None where the bi-encoder is unsure."""
-    ranked = sorted(scored, reverse=True)
+def _choose(question: str, ranked: list[tuple[float, int, str]]) -> tuple[float, int, str] | None:
+    """The answering sentence of the positive paragraph (``ranked`` best first), or None where unsure."""
     if len(ranked) < 3:
         return None
     eligible = ranked
@@ -97,10 +96,11 @@ def sentence_groups(
                 sims = vectors[at : at + len(paragraph)] @ q
                 at += len(paragraph)
                 scored.append([(float(s), i, paragraph[i]) for i, s in enumerate(sims)])
-            best = _choose(group["query"], scored[0])
+            ranked = sorted(scored[0], reverse=True)
+            best = _choose(group["query"], ranked)
             if best is None:
                 continue
-            rivals = [x for x in sorted(scored[0], reverse=True) if x is not best]
+            rivals = [x for x in ranked if x is not best]
             others = [(max(par), p) for p, par in enumerate(scored) if p > 0 and par and max(par)[0] < best[0]]
             members = [(best, 0), *((x, 0) for x in rivals[:SAME_PARAGRAPH]), *others]
             keys, teacher = [], []
