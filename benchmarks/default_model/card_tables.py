@@ -14,21 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+
+from ship_rule import fused_stage, stages  # the same reading of a record as the ship rule's
 
 HERE = Path(__file__).resolve().parent
 SETS = (("scifact", "SciFact"), ("msmarco", "MS MARCO subset"))
 DEPTHS = (20, 50, 100)
 
 
-def _stages(run: Path, dataset: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    record = json.loads((run / f"{dataset}_eval.json").read_text(encoding="utf-8"))
-    return record, {stage["name"]: stage for stage in record["stages"]}
-
-
 def card_table(run: Path, dataset: str, *, with_ms: bool = True) -> str:
     """One set's card table; ``with_ms=False`` leaves out the latency column (for untimed records)."""
-    record, _ = _stages(run, dataset)
+    record = json.loads((run / f"{dataset}_eval.json").read_text(encoding="utf-8"))
     lines = [
         f"### {dataset} ({record['queries']} queries)",
         "",
@@ -45,18 +41,17 @@ def card_table(run: Path, dataset: str, *, with_ms: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _row(stages: dict[str, dict[str, Any]], fused: bool) -> str:
+def _row(ndcg: dict[str, float], fused: bool) -> str:
     cells = []
     for depth in DEPTHS:
-        alone = f"rerank@{depth}"
-        name = next(n for n in stages if n.startswith(f"{alone}+")) if fused else alone
-        value = f"{stages[name]['metrics']['ndcg@10']:.4f}"
+        name = fused_stage(ndcg, depth) if fused else f"rerank@{depth}"
+        value = f"{ndcg[name]:.4f}"
         cells.append(f"**{value}**" if depth == 50 else value)
     return " / ".join(cells)
 
 
 def summary_rows(run: Path, baseline: Path, label: str, baseline_label: str) -> str:
-    rows = {
+    rows: dict[str, list[str]] = {
         "first stage: all-MiniLM-L6-v2, exact FAISS": [],
         f"+ rerank top 20 / **50** / 100, fused (the default), {label}": [],
         f"+ rerank top 20 / 50 / 100, cross-encoder alone, {label}": [],
@@ -64,10 +59,9 @@ def summary_rows(run: Path, baseline: Path, label: str, baseline_label: str) -> 
         f"+ rerank top 20 / 50 / 100, cross-encoder alone, {baseline_label}": [],
     }
     for dataset, _ in SETS:
-        _, ours = _stages(run, dataset)
-        _, theirs = _stages(baseline, dataset)
+        ours, theirs = stages(run, dataset), stages(baseline, dataset)
         cells = [
-            f"{ours['retrieval']['metrics']['ndcg@10']:.4f}",
+            f"{ours['retrieval']:.4f}",
             _row(ours, fused=True),
             _row(ours, fused=False),
             _row(theirs, fused=True),
