@@ -7,10 +7,13 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "atomic_write",
+    "json_lines",
     "known_source_files_sha256",
     "portable_model_name",
     "sha256_file",
@@ -49,6 +52,28 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, str, Any]]:
+    """Each non-blank line of a JSON Lines file, numbered from 1, with its text and its value.
+
+    A line that is not UTF-8 or not JSON is named by ``path:line``; a bare decoder error names neither.
+    """
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                msg = f"{path}:{line_no} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+                raise ValueError(msg) from None
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                msg = f"{path}:{line_no} is not valid JSON: {exc}"
+                raise ValueError(msg) from exc
+            yield line_no, line, value
 
 
 def user_cache_dir() -> Path:

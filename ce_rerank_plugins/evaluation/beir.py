@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ce_rerank_plugins._files import json_lines
 
 
 @dataclass(frozen=True)
@@ -38,20 +39,11 @@ def document_text(doc: Mapping[str, str]) -> str:
 
 
 def _numbered_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
-    """Each non-blank line of a JSON Lines file, numbered, with its value; a missing file or bad line is named."""
+    """Each non-blank line of a dataset's JSON Lines file (see :func:`json_lines`); a missing file is named."""
     if not path.is_file():
         msg = f"{path.name} is missing from the dataset directory {str(path.parent)!r}"
         raise FileNotFoundError(msg)
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                msg = f"{path}:{line_no} is not valid JSON: {exc}"
-                raise ValueError(msg) from exc
-            yield line_no, line, value
+    yield from json_lines(path)
 
 
 def read_jsonl(path: Path) -> list[dict[str, object]]:

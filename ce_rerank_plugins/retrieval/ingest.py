@@ -20,13 +20,13 @@ read. :attr:`IngestedFiles.ignored` counts what was skipped, by reason.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ce_rerank_plugins._files import json_lines
 from ce_rerank_plugins._validation import check_text
 from ce_rerank_plugins.context.assembly import POSITION_KEY, SOURCE_KEY
 from ce_rerank_plugins.retrieval._persistence import is_saved_index
@@ -190,44 +190,44 @@ def _printable_name(name: str) -> str:
     return name
 
 
-def _read_jsonl(file: Path, source: str) -> list[SourceRecord]:
-    records = []
-    with file.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                msg = f"{file}:{line_no}: not valid JSON ({exc.msg})"
-                raise ValueError(msg) from exc
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                msg = f"{file}:{line_no}: each line needs a string field 'text'"
-                raise ValueError(msg)
-            doc_id = str(row.get("id", row.get("_id", f"{source}:{line_no}")))
-            text = f"{row['title']} {row['text']}".strip() if row.get("title") else row["text"]
-            check_text(text, f"{file}:{line_no}: the record's text")
-            check_text(doc_id, f"{file}:{line_no}: the record's id")
-            position = row.get(POSITION_KEY, row.get("position", line_no))
-            meta = {k: v for k, v in row.items() if k not in {"id", "_id", "text", "title", POSITION_KEY, "position"}}
-            record_source = meta.pop(SOURCE_KEY, None)
-            records.append(SourceRecord(doc_id, text, str(record_source) if record_source else source, position, meta))
-    return records
+def _read_jsonl(file: Path, source: str) -> Iterator[tuple[str, SourceRecord]]:
+    for line_no, _, row in json_lines(file):
+        where = f"{file}:{line_no}"
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            msg = f"{where}: each line needs a string field 'text'"
+            raise ValueError(msg)
+        doc_id = str(row.get("id", row.get("_id", f"{source}:{line_no}")))
+        text = f"{row['title']} {row['text']}".strip() if row.get("title") else row["text"]
+        check_text(text, f"{where}: the record's text")
+        check_text(doc_id, f"{where}: the record's id")
+        position = row.get(POSITION_KEY, row.get("position", line_no))
+        meta = {k: v for k, v in row.items() if k not in {"id", "_id", "text", "title", POSITION_KEY, "position"}}
+        record_source = meta.pop(SOURCE_KEY, None)
+        yield where, SourceRecord(doc_id, text, str(record_source) if record_source else source, position, meta)
 
 
 def read_records(files: IngestedFiles) -> list[SourceRecord]:
     """One record per .txt/.md file and per JSON Lines line, in file order.
 
     Raises:
-        ValueError: A JSON Lines line is not an object with a string ``text`` (file and line named).
+        ValueError: A JSON Lines line is not UTF-8, not JSON, or not an object with a string ``text``;
+            or two records have one id (each place named: the index keeps ids unique, and which one
+            a user meant to keep is theirs to say).
     """
     records: list[SourceRecord] = []
+    first_seen: dict[str, str] = {}
     for file, source in files.files:
         if file.suffix == ".jsonl":
-            records += _read_jsonl(file, source)
+            found = list(_read_jsonl(file, source))
         else:
             text = file.read_text(encoding="utf-8", errors="replace")
-            records.append(SourceRecord(source, text, source, None))
+            found = [(str(file), SourceRecord(source, text, source, None))]
+        for where, record in found:
+            earlier = first_seen.setdefault(record.id, where)
+            if earlier != where:
+                msg = f"{where}: the id {record.id!r} was already given to the record at {earlier}; ids must be unique"
+                raise ValueError(msg)
+            records.append(record)
     return records
 
 

@@ -84,3 +84,17 @@ def test_numeric_ids_are_read_as_strings(tmp_path):
     data = load_beir(root)
     assert data.queries == {"7": "seven"}
     assert data.doc_text("3") == "three"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"_id": "a", "text": "fine"}\n{"_id": "b", "text": "caf\xe9"}\n', r"corpus.jsonl:2 is not UTF-8 text"),
+        (b'{"_id": "a", "text": "fine"}\n\n{"_id": "b", "text"\n', r"corpus.jsonl:3 is not valid JSON"),
+    ],
+)
+def test_a_line_that_is_not_utf8_or_not_json_is_named_by_line(tmp_path, content, message):
+    root = _dataset(tmp_path / "d", {"q1": "one"}, "q1\ta\t1\n")
+    (root / "corpus.jsonl").write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_beir(root)
