@@ -101,6 +101,9 @@ def test_the_released_wheel_bundles_the_trained_model_and_loads_it_outside_the_c
         assert BUNDLED + part in names, part
     assert BUNDLED + "README.md" in names  # the model card travels with the weights
     assert not any(n.startswith(BUNDLED + "onnx/") for n in names)  # a local ONNX cache never ships
+    # One bundled model, and a wheel small enough for any index: weights of another run never ride along.
+    assert [n for n in names if n.endswith((".safetensors", ".bin", ".onnx", ".pt"))] == [BUNDLED + "model.safetensors"]
+    assert wheel.stat().st_size < 60_000_000, f"{wheel.stat().st_size / 1e6:.1f} MB"
     assert "ce_rerank_plugins/data/sample_corpus.jsonl" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     python, target = _install(wheel, tmp_path)
