@@ -87,12 +87,20 @@ def check(candidate: Path, baseline: Path, depth: int) -> dict[str, Any]:
         ("demo: the coffee question better", coffee == ["better"], ", ".join(coffee) or "no brew-coffee question"),
     ]
     return {
-        "candidate": str(candidate),
-        "baseline": str(baseline),
+        "candidate": _repository_path(candidate),
+        "baseline": _repository_path(baseline),
         "depth": depth,
         "rules": [{"rule": r, "passed": bool(ok), "figures": f} for r, ok, f in rules],
         "ships": all(ok for _, ok, _ in rules),
     }
+
+
+def _repository_path(folder: Path) -> str:
+    """A records folder as the repository names it, so a record holds no machine's absolute path."""
+    try:
+        return folder.resolve().relative_to(HERE.parents[1]).as_posix()
+    except ValueError:
+        return str(folder)
 
 
 def main() -> None:
