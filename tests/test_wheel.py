@@ -123,7 +123,7 @@ def test_the_released_wheel_bundles_the_trained_model_and_loads_it_outside_the_c
     assert result.returncode == 0, result.stderr[-3000:]
     model, fusion, weight, scores = result.stdout.strip().splitlines()[-1].split(" ", 3)
     assert model == str(target / BUNDLED.rstrip("/"))
-    assert (fusion, weight) == ("weighted", "0.4")
+    assert (fusion, weight) == ("weighted", "0.5")
     # The same trained weights as the checkout's: equal scores, and the answer above the unrelated passage.
     from ce_rerank_plugins import CrossEncoderReranker
     from ce_rerank_plugins.core import bundled_model_dir

@@ -353,12 +353,15 @@ def test_demo_offline_runs_the_shipped_model_at_the_default_depth(tmp_path):
     flat = " ".join(result.stdout.split())
     assert "UNTRAINED" not in result.stderr and "untrained" not in flat
     assert "models/ce-minilm-l6-offline" in flat
-    assert "weighted fusion with the bi-encoder score, cross-encoder weight 0.4" in flat
+    assert "weighted fusion with the bi-encoder score, cross-encoder weight 0.5" in flat
     assert (
         "39 chunks" in flat
         and len(re.findall(r"bi-encoder #\d+ -> reranked #\d+ \((better|unchanged|worse)\)", flat)) == 3
     )
-    assert re.search(r"Summary: reranking put the answering passage higher for \d of 3 questions \(", flat)
+    # What the bundled model must do: no answer moves down, and the coffee temperature moves up.
+    assert "(worse)" not in flat
+    assert re.search(r"\(coffee-01\): bi-encoder #\d+ -> reranked #1 \(better\)", flat)
+    assert "Summary: reranking put the answering passage higher for 1 of 3 questions (1 better, 2 unchanged)" in flat
 
 
 def test_demo_without_any_model_says_rankings_are_not_meaningful(tmp_path, monkeypatch):

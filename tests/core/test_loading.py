@@ -100,9 +100,9 @@ def test_product_code_never_looks_outside_the_package():
 
 
 def test_a_model_directory_recommends_its_fusion_and_the_reranker_applies_it():
-    assert _loading.recommended_fusion(str(SHIPPED)) == ("weighted", 0.4)
+    assert _loading.recommended_fusion(str(SHIPPED)) == ("weighted", 0.5)
     reranker = CrossEncoderReranker(SHIPPED)
-    assert (reranker.fusion, reranker.fusion_weight) == ("weighted", 0.4)
+    assert (reranker.fusion, reranker.fusion_weight) == ("weighted", 0.5)
     assert CrossEncoderReranker(SHIPPED, fusion="none").fusion == "none"
     assert CrossEncoderReranker(SHIPPED, fusion_weight=0.7).fusion_weight == 0.7
 
