@@ -111,7 +111,7 @@ def evaluate_reranking(
 
     With one mode, stages are named ``retrieval`` and ``rerank@N``; with several, ``<mode>`` and
     ``<mode> rerank@N``. When the reranker fuses with the first stage (the bundled model does), every
-    rerank row also appears fused (``rerank@N+weighted(0.4)``). A (query, passage) pair is scored once,
+    rerank row also appears fused (``rerank@N+weighted(0.5)``). A (query, passage) pair is scored once,
     whichever modes retrieve it.
     """
     if not dataset.queries:
