@@ -5,6 +5,7 @@ Tests start it with :class:`ClusterHolder`; it answers one JSON line per command
 - ``deploy {"model", "port", "replicas"?, "max_replicas"?, "cpus_per_replica"?, "limits"?, ...}``: deploy
   the app with :func:`~ce_rerank_plugins.serve.run_on_ray` (Serve restarted first) and wait until it runs;
 - ``status``: the deployment's replica states and, for each running replica, the node it runs on;
+- ``undeploy``: shut Serve down, so its replicas' CPUs are free again (answers ``status``'s reply);
 - ``remove-worker`` / ``add-worker``: take the worker node away (its raylet and every process on it are
   killed) or add a fresh one where it was taken (``add-worker`` answers the worker it has either way, so a
   test that lost the node can always put it back); ``remove-worker-once-it-embeds`` waits (up to 120 s)
@@ -118,6 +119,11 @@ def main() -> None:
             if command == "deploy":
                 reply: dict[str, Any] = _deploy(cluster.address, json.loads(rest))
             elif command == "status":
+                reply = _status(cluster.address)
+            elif command == "undeploy":
+                from ray import serve
+
+                serve.shutdown()
                 reply = _status(cluster.address)
             elif command == "remove-worker":
                 cluster.remove_node(worker, allow_graceful=False)

@@ -237,6 +237,9 @@ def test_index_on_the_cluster_equals_one_process_and_a_lost_node_leaves_no_parti
     cluster, tmp_path, sample_records
 ):
     assert cluster.send("add-worker")["worker"] == cluster.worker  # the worker is there: nothing is added
+    # The pool's two actors take a CPU each: the whole cluster, so no Serve replica of an earlier test may
+    # hold part of one (an actor left waiting for room stalls the run on a busy machine).
+    assert cluster.send("undeploy")["states"] == {}
     corpus = _corpus(tmp_path, sample_records, copies=10)
     assert _index(corpus, tmp_path / "local").returncode == 0
     on_cluster = _index(corpus, tmp_path / "cluster", "--ray", "--address", cluster.address, "--actors", "2")
